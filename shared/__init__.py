@@ -1,0 +1,1 @@
+"""scarlet-fd shared package: the pure federated-distillation core and its adapters."""

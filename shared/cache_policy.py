@@ -1,0 +1,306 @@
+"""SCARLET's synchronized soft-label cache: the rules, pure and vectorized.
+
+Semantics follow the ``reproducibility`` branch of the official code (PAPER.md §2.1):
+
+* a label written (cached) in round c is **reused in rounds c+1 .. c+D** (D = cache
+  duration); :func:`is_fresh` is the one place this boundary is written down;
+* when the aggregator plans round t, a drawn public index is *reused* iff its entry is
+  present and fresh at t, otherwise it is *requested* from the clients;
+* when round t is committed, every index of the round's distillation set gets a signal:
+  ``NEWLY_CACHED`` (was absent: store the fresh label with round t), ``CACHED`` (was
+  fresh: nothing changes, nothing is resent) or ``EXPIRED`` (present but stale: the
+  entry is **cleared** on both sides; the fresh label is used this round only);
+* the downlink of round t+1 carries labels only for non-``CACHED`` entries; a client
+  restores the full target matrix from those and its replica (:meth:`ClientCache.restore`);
+* under partial participation the aggregator keeps a mirror of what each client holds
+  (:class:`ClientMirrors`) and sends a sampled client a catch-up diff against the
+  pre-commit global entries of the distillation set before the signals.
+
+Entries are identified by the round they were written in: a (index, written round) pair
+names exactly one label, so replicas are compared by rounds, never by float equality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+import torch
+from torch import Tensor
+
+from shared.errors import CacheDesync, RoundStateConflict
+
+__all__ = [
+    "NEVER",
+    "CacheCommit",
+    "CacheSignal",
+    "CatchUpDiff",
+    "ClientCache",
+    "ClientMirrors",
+    "RequestPlan",
+    "ServerCache",
+    "is_fresh",
+]
+
+NEVER = -1
+"""Written-round value of an empty entry."""
+
+
+class CacheSignal(IntEnum):
+    """Per-index cache signal sent downlink (values of the official ``main`` branch)."""
+
+    CACHED = 0
+    NEWLY_CACHED = 1
+    EXPIRED = 2
+
+
+def is_fresh(written_round: Tensor | int, now: int, duration: int) -> Tensor:
+    """Whether an entry written in round ``written_round`` may be reused in round ``now``.
+
+    A label cached in round c is reused in rounds c+1 .. c+D (D = ``duration``): the age
+    ``now - c`` must lie in [1, D]. An empty entry (``NEVER``) is never fresh. With D = 0
+    nothing is ever reused.
+
+    Args:
+        written_round: scalar or (N,) int64 tensor of written rounds (``NEVER`` if empty).
+        now: the round in which the entry would be reused.
+        duration: D ≥ 0.
+
+    Returns:
+        A bool tensor of the same shape as ``written_round``.
+    """
+    written = torch.as_tensor(written_round, dtype=torch.int64)
+    age = now - written
+    return (written != NEVER) & (age >= 1) & (age <= duration)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPlan:
+    """How a round's drawn public indices split. Both tensors are int64, ascending."""
+
+    requested: Tensor
+    reused: Tensor
+
+    @property
+    def distill_indices(self) -> Tensor:
+        """The round's distillation set: requested first, then reused (PAPER.md §2.1)."""
+        return torch.cat([self.requested, self.reused])
+
+
+@dataclass(frozen=True, slots=True)
+class CacheCommit:
+    """What committing a round changed; everything the next downlink needs.
+
+    Attributes:
+        round: the committed round t.
+        indices: (n,) the distillation set, requested first then reused.
+        signals: (n,) int64 :class:`CacheSignal` codes.
+        targets: (n, C) float32 global soft labels for server distillation.
+        fresh_labels: (n_fresh, C) rows of ``targets`` whose signal is not CACHED.
+        previous_written: (n,) written rounds of the entries *before* the commit.
+        previous_labels: (n, C) labels of the entries before the commit (zeros if empty).
+    """
+
+    round: int
+    indices: Tensor
+    signals: Tensor
+    targets: Tensor
+    fresh_labels: Tensor
+    previous_written: Tensor
+    previous_labels: Tensor
+
+
+class ServerCache:
+    """The authoritative global cache C_g: one (label, written round) per public index."""
+
+    def __init__(self, public_size: int, num_classes: int) -> None:
+        self.labels = torch.zeros(public_size, num_classes, dtype=torch.float32)
+        self.written = torch.full((public_size,), NEVER, dtype=torch.int64)
+        self.version = 0
+
+    @property
+    def public_size(self) -> int:
+        """|P|."""
+        return int(self.written.numel())
+
+    def plan_requests(self, drawn: Tensor, now: int, duration: int) -> RequestPlan:
+        """Split round ``now``'s drawn indices into requested and reused (both ascending).
+
+        Args:
+            drawn: (n,) distinct int64 public indices I_t.
+            now: the round t being planned.
+            duration: D.
+        """
+        fresh = is_fresh(self.written[drawn], now, duration)
+        return RequestPlan(
+            requested=torch.sort(drawn[~fresh]).values, reused=torch.sort(drawn[fresh]).values
+        )
+
+    def commit(
+        self, plan: RequestPlan, fresh_labels: Tensor, now: int, duration: int
+    ) -> CacheCommit:
+        """Apply round ``now``'s signals: the server half of the synchronization.
+
+        Args:
+            plan: the plan made for this round by :meth:`plan_requests`.
+            fresh_labels: (q, C) aggregated, sharpened labels of ``plan.requested``, exactly
+                as clients will decode them.
+            now: the round t.
+            duration: D.
+
+        Returns:
+            The commit, with per-index signals and the full target matrix.
+
+        Raises:
+            RoundStateConflict: when the cache changed since the plan (a reused entry is
+                no longer fresh, or a requested one became fresh) or shapes disagree.
+        """
+        if fresh_labels.shape != (plan.requested.numel(), self.labels.shape[1]):
+            raise RoundStateConflict(
+                f"commit: round={now} expected labels of shape "
+                f"{(plan.requested.numel(), self.labels.shape[1])}, got {tuple(fresh_labels.shape)}"
+            )
+        indices = plan.distill_indices
+        previous_written = self.written[indices].clone()
+        previous_labels = self.labels[indices].clone()
+        fresh = is_fresh(previous_written, now, duration)
+        q = plan.requested.numel()
+        if bool(fresh[:q].any()) or not bool(fresh[q:].all()):
+            raise RoundStateConflict(
+                f"commit: round={now} cache changed since the round was planned"
+            )
+        was_empty = previous_written[:q] == NEVER
+        signals = torch.full((indices.numel(),), int(CacheSignal.CACHED), dtype=torch.int64)
+        signals[:q] = torch.where(
+            was_empty, int(CacheSignal.NEWLY_CACHED), int(CacheSignal.EXPIRED)
+        )
+        newly, expired = plan.requested[was_empty], plan.requested[~was_empty]
+        self.labels[newly] = fresh_labels[was_empty]
+        self.written[newly] = now
+        self.labels[expired] = 0.0
+        self.written[expired] = NEVER
+        self.version += 1
+        targets = torch.cat([fresh_labels.to(torch.float32), previous_labels[q:]])
+        return CacheCommit(
+            now, indices, signals, targets, targets[:q].clone(), previous_written, previous_labels
+        )
+
+    def digest(self) -> str:
+        """SHA-256 over the written rounds and the labels of present entries (hex)."""
+        return _digest(self.written, self.labels)
+
+
+class ClientCache:
+    """A client's replica C_k of the global cache."""
+
+    def __init__(self, public_size: int, num_classes: int) -> None:
+        self.labels = torch.zeros(public_size, num_classes, dtype=torch.float32)
+        self.written = torch.full((public_size,), NEVER, dtype=torch.int64)
+
+    def apply_catch_up(self, diff: CatchUpDiff) -> None:
+        """Bring the replica in line with the pre-commit global entries (partial participation)."""
+        self.labels[diff.update_indices] = diff.update_labels
+        self.written[diff.update_indices] = diff.update_written
+        self.labels[diff.clear_indices] = 0.0
+        self.written[diff.clear_indices] = NEVER
+
+    def restore(
+        self, round_no: int, indices: Tensor, signals: Tensor, fresh_labels: Tensor
+    ) -> Tensor:
+        """Rebuild round ``round_no``'s targets and apply its signals: the client half.
+
+        Walks ``indices`` in order: a non-CACHED entry takes the next row of
+        ``fresh_labels``; a CACHED one reads the replica. NEWLY_CACHED rows are stored with
+        ``round_no``; EXPIRED entries are cleared.
+
+        Args:
+            round_no: the round t whose signals these are.
+            indices: (n,) int64 distillation set of round t.
+            signals: (n,) int64 :class:`CacheSignal` codes.
+            fresh_labels: (n_fresh, C) labels of the non-CACHED entries, in order.
+
+        Returns:
+            (n, C) float32 targets for distillation.
+
+        Raises:
+            CacheDesync: when a CACHED entry is missing from the replica or the number of
+                fresh rows does not match the signals. The replica is left unchanged.
+        """
+        cached = signals == int(CacheSignal.CACHED)
+        if int((~cached).sum()) != fresh_labels.shape[0]:
+            raise CacheDesync(
+                f"restore: round={round_no} {int((~cached).sum())} fresh entries "
+                f"signalled but {fresh_labels.shape[0]} labels received"
+            )
+        missing = indices[cached][self.written[indices[cached]] == NEVER]
+        if missing.numel():
+            raise CacheDesync(
+                f"restore: round={round_no} {missing.numel()} entries signalled "
+                f"CACHED are not in the replica (first: {int(missing[0])})"
+            )
+        targets = torch.empty(indices.numel(), self.labels.shape[1], dtype=torch.float32)
+        targets[~cached] = fresh_labels.to(torch.float32)
+        targets[cached] = self.labels[indices[cached]]
+        newly = indices[signals == int(CacheSignal.NEWLY_CACHED)]
+        self.labels[newly] = targets[signals == int(CacheSignal.NEWLY_CACHED)]
+        self.written[newly] = round_no
+        expired = indices[signals == int(CacheSignal.EXPIRED)]
+        self.labels[expired] = 0.0
+        self.written[expired] = NEVER
+        return targets
+
+    def digest(self) -> str:
+        """SHA-256 over the written rounds and labels of present entries (hex)."""
+        return _digest(self.written, self.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUpDiff:
+    """Entries to set or clear in a client replica before it applies a round's signals."""
+
+    update_indices: Tensor  # (u,) int64
+    update_labels: Tensor  # (u, C) float32
+    update_written: Tensor  # (u,) int64
+    clear_indices: Tensor  # (v,) int64
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the client is already in step."""
+        return self.update_indices.numel() == 0 and self.clear_indices.numel() == 0
+
+
+class ClientMirrors:
+    """The aggregator's record of which global entry every client holds.
+
+    Only written rounds are kept ((K, |P|) int64): an entry is fully named by its round.
+    """
+
+    def __init__(self, num_clients: int, public_size: int) -> None:
+        self.written = torch.full((num_clients, public_size), NEVER, dtype=torch.int64)
+
+    def diff(self, client_id: int, commit: CacheCommit) -> CatchUpDiff:
+        """What ``client_id`` must change so that its replica equals C_g before ``commit``."""
+        held = self.written[client_id, commit.indices]
+        want = commit.previous_written
+        update = (want != NEVER) & (held != want)
+        clear = (want == NEVER) & (held != NEVER)
+        return CatchUpDiff(
+            update_indices=commit.indices[update],
+            update_labels=commit.previous_labels[update],
+            update_written=want[update],
+            clear_indices=commit.indices[clear],
+        )
+
+    def record_delivery(self, client_id: int, commit: CacheCommit, cache: ServerCache) -> None:
+        """The client received ``commit``'s signals: it now holds C_g on those indices."""
+        self.written[client_id, commit.indices] = cache.written[commit.indices]
+
+
+def _digest(written: Tensor, labels: Tensor) -> str:
+    h = hashlib.sha256()
+    present = torch.nonzero(written != NEVER).flatten()
+    h.update(present.numpy().astype("<i8").tobytes())
+    h.update(written[present].numpy().astype("<i8").tobytes())
+    h.update(labels[present].numpy().astype("<f4").tobytes())
+    return h.hexdigest()

@@ -1,0 +1,224 @@
+"""Typed configuration: one object, read from TOML, ``SCARLET_*`` variables and flags.
+
+Precedence, lowest first: field defaults < TOML file (``--config``) < environment
+(``SCARLET_<FIELD>``, e.g. ``SCARLET_CACHE_DURATION=25``; nested sections as
+``SCARLET_<SECTION>__<FIELD>``) < command-line flags (``--cache-duration 25``).
+Unknown keys are rejected everywhere, with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.errors import ConfigError
+
+__all__ = [
+    "FederationConfig",
+    "add_model_flags",
+    "flag_overrides",
+    "load_config",
+    "redacted",
+]
+
+ENV_PREFIX = "SCARLET_"
+M = TypeVar("M", bound=BaseModel)
+
+
+class FederationConfig(BaseModel):
+    """Everything that defines a federation run: the paper's hyper-parameters and data.
+
+    The same object drives ``scarlet simulate`` and the real services; two runs with
+    equal configs (and seed) produce the same soft labels.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str = Field("run", description="name of this federation (queue and key prefix)")
+    algorithm: Literal["dsfl", "scarlet"] = Field(
+        "scarlet", description="dsfl: ERA, no cache; scarlet: cache + Enhanced ERA"
+    )
+    dataset: str = Field(
+        "fashion-mnist", description="fashion-mnist, mnist-5k, digits, cifar10, cifar100"
+    )
+    data_root: str | None = Field(None, description="folder with torchvision data sets")
+    model: str = Field("cnn", description="client model: cnn, resnet20, mlp")
+    server_model: str | None = Field(None, description="server model (default: same as model)")
+    clients: int = Field(10, ge=1, le=10_000, description="number of clients K")
+    sample_ratio: float = Field(1.0, gt=0, le=1, description="clients sampled per round")
+    rounds: int = Field(15, ge=1, description="federation rounds R")
+    samples_per_client: int = Field(1000, ge=1, description="private images per client")
+    test_per_client: int = Field(200, ge=0, description="per-client test shard size")
+    alpha: float = Field(
+        0.3, ge=0, description="Dirichlet α of the private partition (0 means IID)"
+    )
+    public_size: int = Field(10_000, ge=1, description="public set size |P|")
+    public_per_round: int = Field(1000, ge=1, description="public samples drawn per round")
+    local_epochs: int = Field(1, ge=0, description="private training epochs per round")
+    distill_epochs: int = Field(2, ge=0, description="client distillation epochs per round")
+    server_distill_epochs: int = Field(2, ge=0, description="server distillation epochs")
+    batch_size: int = Field(100, ge=1, description="private training batch size")
+    distill_batch_size: int = Field(100, ge=1, description="distillation batch size")
+    lr: float = Field(0.1, gt=0, description="private training learning rate (plain SGD)")
+    distill_lr: float = Field(0.1, gt=0, description="distillation learning rate")
+    temperature: float = Field(0.1, gt=0, description="DS-FL ERA temperature (T)")
+    beta: float = Field(2.0, gt=0, description="Enhanced ERA exponent (β)")
+    cache_duration: int = Field(50, ge=0, description="cache duration D in rounds")
+    client_eval_every: int = Field(
+        1, ge=0, description="evaluate clients every N rounds (0: never)"
+    )
+    seed: int = Field(42, ge=0, description="seed of every random draw")
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> FederationConfig:
+        if self.public_per_round > self.public_size:
+            raise ValueError(
+                f"public_per_round ({self.public_per_round}) exceeds public_size "
+                f"({self.public_size})"
+            )
+        return self
+
+    @property
+    def uses_cache(self) -> bool:
+        """SCARLET keeps the synchronized cache; DS-FL does not."""
+        return self.algorithm == "scarlet"
+
+    @property
+    def sharpening(self) -> str:
+        """The aggregation sharpening the algorithm uses."""
+        return "enhanced_era" if self.algorithm == "scarlet" else "era"
+
+    @property
+    def iid(self) -> bool:
+        """True when the private partition is IID (α = 0 by convention)."""
+        return self.alpha == 0
+
+
+def load_config(
+    model: type[M],
+    *,
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+    section: str | None = None,
+) -> M:
+    """Build ``model`` from defaults < TOML ``path`` < ``env`` < ``overrides``.
+
+    Args:
+        model: the pydantic settings class.
+        path: optional TOML file; with ``section`` only that table is read.
+        env: environment (default ``os.environ``); only ``SCARLET_*`` keys are used.
+        overrides: values from command-line flags (already typed or strings).
+        section: TOML table holding this model's keys (None: the top level).
+
+    Raises:
+        ConfigError: unreadable file, unknown key or invalid value, with the key named.
+    """
+    data: dict[str, object] = {}
+    if path is not None:
+        data.update(_read_toml(Path(path), section))
+    data.update(_from_env(model, os.environ if env is None else env))
+    data.update(overrides or {})
+    unknown = sorted(set(data) - set(model.model_fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown configuration key(s) {unknown}; valid keys: {sorted(model.model_fields)}"
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def _read_toml(path: Path, section: str | None) -> dict[str, object]:
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    if section is None:
+        return {k: v for k, v in doc.items() if not isinstance(v, dict)}
+    table = doc.get(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [{section}] must be a table")
+    return dict(table)
+
+
+def _from_env(model: type[BaseModel], env: Mapping[str, str]) -> dict[str, object]:
+    # Strings are handed to pydantic, which parses numbers and booleans itself.
+    found: dict[str, object] = {}
+    for name in model.model_fields:
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            found[name] = env[key]
+    return found
+
+
+def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """Add one ``--kebab-case`` flag per field of ``model``, defaulting to "not given"."""
+    group = parser.add_argument_group(f"{model.__name__} (also TOML keys / SCARLET_* vars)")
+    for name, field in model.model_fields.items():
+        kind = _flag_type(field.annotation)
+        default = field.default
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,
+            default=argparse.SUPPRESS,
+            metavar=name.upper(),
+            help=f"{field.description or ''} (default: {default})",
+        )
+
+
+def flag_overrides(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, object]:
+    """The fields of ``model`` that were given on the command line."""
+    return {name: getattr(args, name) for name in model.model_fields if hasattr(args, name)}
+
+
+def _flag_type(annotation: Any) -> Any:
+    # Optional[X] and Literal[...] flags arrive as strings; pydantic validates them later.
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, Literal):
+        return str
+    if annotation is bool:
+        return _parse_bool
+    return annotation if annotation in (int, float, str) else str
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def redacted(
+    values: Mapping[str, object], secrets: Sequence[str] = ("password", "url")
+) -> dict[str, object]:
+    """A copy of ``values`` with credentials in URLs and password fields masked."""
+    out: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, str) and any(s in key for s in secrets) and "@" in value:
+            scheme, _, rest = value.partition("://")
+            out[key] = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        elif "password" in key and value:
+            out[key] = "***"
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,69 @@
+"""Every message that crosses a process boundary, as frozen dataclasses. No I/O.
+
+Directions use the paper's vocabulary: *downlink* is aggregator → worker, *uplink* is
+worker → aggregator. Tensors are CPU torch tensors; shapes are in the field comments.
+The wire encoding lives in :mod:`shared.protocol.codec`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+__all__ = [
+    "CatchUp",
+    "DistillTargets",
+    "SoftLabelUpload",
+    "TrainTask",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DistillTargets:
+    """Round t-1's global soft labels as sent to a client in round t.
+
+    Under SCARLET only the non-CACHED rows travel; the client restores the rest from its
+    replica. Under DS-FL ``signals`` is None and every row travels.
+    """
+
+    round: int  # t-1: the round the labels were aggregated in
+    indices: Tensor  # (n,) int64: requested indices (ascending), then reused (ascending)
+    signals: Tensor | None  # (n,) int64 CacheSignal codes, or None without a cache
+    fresh_labels: Tensor  # (n_fresh, C) float32: rows of the non-CACHED entries, in order
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """Replica repair for a client that missed rounds (partial participation)."""
+
+    update_indices: Tensor  # (u,) int64
+    update_labels: Tensor  # (u, C) float32
+    update_written: Tensor  # (u,) int64: round each updated entry was written in
+    clear_indices: Tensor  # (v,) int64
+
+
+@dataclass(frozen=True, slots=True)
+class TrainTask:
+    """Downlink: what one sampled client does in round t."""
+
+    run_id: str
+    round: int
+    client_id: int
+    request_indices: Tensor  # (q,) int64 ascending: public samples to predict on
+    targets: DistillTargets | None  # None in round 0
+    catch_up: CatchUp | None  # None when the client is in step (or without a cache)
+    cache_version: int  # global cache version after round t-1 was committed
+
+
+@dataclass(frozen=True, slots=True)
+class SoftLabelUpload:
+    """Uplink: one client's predictions on the requested public samples of round t."""
+
+    run_id: str
+    round: int
+    client_id: int
+    indices: Tensor  # (q,) int64 ascending, equal to the task's request_indices
+    soft_labels: Tensor  # (q, C) float32, rows on the simplex
+    train_loss: float  # mean cross-entropy of the last local epoch
+    client_accuracy: float  # accuracy on the client's own test shard, or NaN if not measured

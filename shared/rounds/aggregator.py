@@ -1,0 +1,212 @@
+"""The aggregator's half of a round as a state machine: plan, collect, aggregate, commit.
+
+``IDLE --open_round--> COLLECTING --close_round--> IDLE`` (round number advanced).
+No I/O, no clock: the caller decides *when* to close (quorum or deadline) and does the
+publishing, the server-model distillation and the persistence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+from torch import Tensor
+
+from shared.cache_policy import CacheCommit, ClientMirrors, RequestPlan, ServerCache
+from shared.config import FederationConfig
+from shared.distill import mean_by_index, sample_clients, sample_public_indices, sharpen
+from shared.distill.sampling import round_generator
+from shared.errors import RoundStateConflict
+from shared.protocol.messages import CatchUp, DistillTargets, SoftLabelUpload, TrainTask
+
+__all__ = ["AggregatorCore", "RoundPhase", "RoundResult", "UploadOutcome"]
+
+_CLIENT_STREAM = 1
+_PUBLIC_STREAM = 2
+
+
+class RoundPhase(StrEnum):
+    """Where the aggregator is within a round."""
+
+    IDLE = "idle"
+    COLLECTING = "collecting"
+
+
+class UploadOutcome(StrEnum):
+    """What happened to an upload; the values are the metric label values."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    LATE = "late"  # for a round that is already closed
+    REJECTED = "rejected"  # for a future round, an unsampled client or the wrong indices
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """A closed round: what the server distils on and what the round cost in labels."""
+
+    round: int
+    clients: tuple[int, ...]  # sampled
+    contributors: tuple[int, ...]  # whose uploads were aggregated
+    indices: Tensor  # (n,) distillation set: requested then reused
+    targets: Tensor  # (n, C) global soft labels
+    requested: int
+    reused: int
+    cache_version: int
+
+
+class AggregatorCore:
+    """Aggregator logic for DS-FL and SCARLET.
+
+    Args:
+        config: the federation configuration.
+        num_classes: C.
+        label_roundtrip: maps aggregated labels to exactly what clients will decode
+            (identity for float32); the cache stores that, so both sides hold equal values.
+    """
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        num_classes: int,
+        label_roundtrip: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        self.config = config
+        self.num_classes = num_classes
+        self.cache = ServerCache(config.public_size, num_classes) if config.uses_cache else None
+        partial = config.sample_ratio < 1
+        self.mirrors = (
+            ClientMirrors(config.clients, config.public_size)
+            if self.cache is not None and partial
+            else None
+        )
+        self._roundtrip = label_roundtrip or (lambda labels: labels)
+        self.round = 0
+        self.phase = RoundPhase.IDLE
+        self.clients: tuple[int, ...] = ()
+        self.plan: RequestPlan | None = None
+        self.uploads: dict[int, SoftLabelUpload] = {}
+        self._previous: DistillTargets | None = None
+        self._last_commit: CacheCommit | None = None
+
+    @property
+    def cache_version(self) -> int:
+        """Version of the global cache (0 without a cache)."""
+        return 0 if self.cache is None else self.cache.version
+
+    def open_round(self) -> list[TrainTask]:
+        """Sample clients and public indices, plan the cache, build each client's task.
+
+        Raises:
+            RoundStateConflict: when a round is already being collected.
+        """
+        if self.phase is not RoundPhase.IDLE:
+            raise RoundStateConflict(f"open: round={self.round} is already open")
+        t, cfg = self.round, self.config
+        self.clients = tuple(
+            sample_clients(
+                cfg.clients, cfg.sample_ratio, round_generator(cfg.seed, t, _CLIENT_STREAM)
+            )
+        )
+        drawn = sample_public_indices(
+            cfg.public_size, cfg.public_per_round, round_generator(cfg.seed, t, _PUBLIC_STREAM)
+        )
+        if self.cache is not None:
+            self.plan = self.cache.plan_requests(drawn, t, cfg.cache_duration)
+        else:
+            self.plan = RequestPlan(torch.sort(drawn).values, torch.empty(0, dtype=torch.int64))
+        self.uploads = {}
+        self.phase = RoundPhase.COLLECTING
+        return [self._task_for(k) for k in self.clients]
+
+    def _task_for(self, client_id: int) -> TrainTask:
+        assert self.plan is not None
+        catch_up = None
+        commit = self._last_commit
+        if self.mirrors is not None and commit is not None and self.cache is not None:
+            diff = self.mirrors.diff(client_id, commit)
+            if not diff.is_empty:
+                catch_up = CatchUp(
+                    diff.update_indices, diff.update_labels, diff.update_written, diff.clear_indices
+                )
+            self.mirrors.record_delivery(client_id, commit, self.cache)
+        return TrainTask(
+            run_id=self.config.run_id,
+            round=self.round,
+            client_id=client_id,
+            request_indices=self.plan.requested,
+            targets=self._previous,
+            catch_up=catch_up,
+            cache_version=self.cache_version,
+        )
+
+    def accept(self, upload: SoftLabelUpload) -> UploadOutcome:
+        """Record one decoded upload; idempotent per (run, round, client)."""
+        if upload.run_id != self.config.run_id or upload.round > self.round:
+            return UploadOutcome.REJECTED
+        if upload.round < self.round or self.phase is not RoundPhase.COLLECTING:
+            return UploadOutcome.LATE
+        if upload.client_id in self.uploads:
+            return UploadOutcome.DUPLICATE
+        assert self.plan is not None
+        if upload.client_id not in self.clients or not torch.equal(
+            upload.indices, self.plan.requested
+        ):
+            return UploadOutcome.REJECTED
+        self.uploads[upload.client_id] = upload
+        return UploadOutcome.ACCEPTED
+
+    def missing(self) -> list[int]:
+        """Sampled clients whose upload has not arrived yet."""
+        return [k for k in self.clients if k not in self.uploads]
+
+    def close_round(self) -> RoundResult:
+        """Aggregate the accepted uploads, sharpen, commit to the cache, advance the round.
+
+        Raises:
+            RoundStateConflict: when no round is open or no upload was accepted.
+        """
+        if self.phase is not RoundPhase.COLLECTING or self.plan is None:
+            raise RoundStateConflict(f"close: round={self.round} is not open")
+        if not self.uploads and self.plan.requested.numel():
+            raise RoundStateConflict(f"close: round={self.round} has no accepted upload")
+        t, cfg, plan = self.round, self.config, self.plan
+        fresh = self._aggregate(plan)
+        if self.cache is not None:
+            commit = self.cache.commit(plan, fresh, t, cfg.cache_duration)
+            self._last_commit = commit
+            self._previous = DistillTargets(t, commit.indices, commit.signals, commit.fresh_labels)
+            indices, targets = commit.indices, commit.targets
+        else:
+            self._previous = DistillTargets(t, plan.requested, None, fresh)
+            indices, targets = plan.requested, fresh
+        result = RoundResult(
+            round=t,
+            clients=self.clients,
+            contributors=tuple(sorted(self.uploads)),
+            indices=indices,
+            targets=targets,
+            requested=plan.requested.numel(),
+            reused=plan.reused.numel(),
+            cache_version=self.cache_version,
+        )
+        self.round, self.phase, self.uploads = t + 1, RoundPhase.IDLE, {}
+        return result
+
+    def _aggregate(self, plan: RequestPlan) -> Tensor:
+        if not plan.requested.numel():
+            return torch.empty(0, self.num_classes)
+        # sort by client id: float sums must not depend on arrival order
+        ordered = [self.uploads[k] for k in sorted(self.uploads)]
+        labels = torch.cat([u.soft_labels for u in ordered])
+        index = torch.cat([u.indices for u in ordered])
+        means, _ = mean_by_index(labels, index, self.config.public_size)
+        sharpened = sharpen(
+            means,
+            method=self.config.sharpening,
+            temperature=self.config.temperature,
+            beta=self.config.beta,
+        )
+        return self._roundtrip(sharpened)

@@ -1,0 +1,147 @@
+"""The client's half of a round: restore targets, distil, train, predict, evaluate.
+
+A :class:`ClientRuntime` turns a :class:`TrainTask` into a :class:`SoftLabelUpload`. It
+owns the client's model and cache replica; where the task came from and where the upload
+goes is the caller's business.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from shared.cache_policy import CatchUpDiff, ClientCache
+from shared.config import FederationConfig
+from shared.data import ImageDataset
+from shared.distill.sampling import round_generator
+from shared.errors import CacheDesync
+from shared.models import build_model
+from shared.protocol.messages import DistillTargets, SoftLabelUpload, TrainTask
+from shared.training import distill, evaluate, predict, train_supervised
+
+__all__ = ["ClientRuntime", "PhaseTimes"]
+
+_TRAIN_STREAM = 1000
+
+
+@dataclass
+class PhaseTimes:
+    """Seconds spent in each phase of the last task (measured by the caller's clock)."""
+
+    distill: float = 0.0
+    train: float = 0.0
+    predict: float = 0.0
+
+
+class ClientRuntime:
+    """One client: private data, model, cache replica.
+
+    Args:
+        client_id: k.
+        config: the federation configuration.
+        private: the client's private shard.
+        test: the client's own test shard (None: not evaluated).
+        public: (|P|, ch, H, W) the public images, indexed by public index.
+        num_classes: C.
+    """
+
+    def __init__(
+        self,
+        client_id: int,
+        config: FederationConfig,
+        private: ImageDataset,
+        test: ImageDataset | None,
+        public: Tensor,
+        num_classes: int,
+    ) -> None:
+        self.client_id = client_id
+        self.config = config
+        self.private = private
+        self.test = test
+        self.public = public
+        self.num_classes = num_classes
+        self.model: nn.Module = build_model(
+            config.model, private.input_shape, num_classes, seed=config.seed * 100_003 + client_id
+        )
+        self.cache = ClientCache(config.public_size, num_classes) if config.uses_cache else None
+
+    def handle(self, task: TrainTask) -> SoftLabelUpload:
+        """Run one round for this client.
+
+        Raises:
+            CacheDesync: when the task's signals do not match the replica (the caller
+                resynchronizes the replica and retries).
+        """
+        cfg = self.config
+        if task.targets is not None:
+            targets = self.restore_targets(task)
+            distill(
+                self.model,
+                self.public[task.targets.indices],
+                targets,
+                epochs=cfg.distill_epochs,
+                batch_size=cfg.distill_batch_size,
+                lr=cfg.distill_lr,
+            )
+        loss = train_supervised(
+            self.model,
+            self.private.images,
+            self.private.labels,
+            epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            generator=round_generator(cfg.seed, task.round, _TRAIN_STREAM + self.client_id),
+        )
+        probs = predict(self.model, self.public[task.request_indices])
+        return SoftLabelUpload(
+            run_id=task.run_id,
+            round=task.round,
+            client_id=self.client_id,
+            indices=task.request_indices,
+            soft_labels=probs,
+            train_loss=loss,
+            client_accuracy=self._evaluate(task.round),
+        )
+
+    def restore_targets(self, task: TrainTask) -> Tensor:
+        """Apply the task's catch-up and signals to the replica; return (n, C) targets."""
+        targets: DistillTargets | None = task.targets
+        assert targets is not None
+        if targets.signals is None:
+            return targets.fresh_labels
+        if self.cache is None:
+            raise CacheDesync("restore: cache signals received by a client without a cache")
+        if task.catch_up is not None:
+            c = task.catch_up
+            self.cache.apply_catch_up(
+                CatchUpDiff(c.update_indices, c.update_labels, c.update_written, c.clear_indices)
+            )
+        return self.cache.restore(
+            targets.round, targets.indices, targets.signals, targets.fresh_labels
+        )
+
+    def _evaluate(self, round_no: int) -> float:
+        every = self.config.client_eval_every
+        if self.test is None or len(self.test) == 0 or every == 0 or (round_no + 1) % every:
+            return math.nan
+        return evaluate(self.model, self.test.images, self.test.labels)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Everything that must survive between rounds: model weights and cache replica."""
+        state = {f"model.{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.cache is not None:
+            state["cache.labels"] = self.cache.labels.clone()
+            state["cache.written"] = self.cache.written.clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        prefix = "model."
+        self.model.load_state_dict(
+            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        )
+        if self.cache is not None:
+            self.cache.labels = state["cache.labels"].clone()
+            self.cache.written = state["cache.written"].clone()

@@ -1,0 +1,50 @@
+"""The server model: trained only by distillation on the global soft labels."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from shared.config import FederationConfig
+from shared.data import ImageDataset
+from shared.models import build_model
+from shared.training import distill, evaluate
+
+__all__ = ["ServerModel"]
+
+
+class ServerModel:
+    """Server-side distillation and evaluation on the full test split.
+
+    Args:
+        config: the federation configuration (server model name, epochs, rates, seed).
+        public: (|P|, ch, H, W) public images.
+        test: the full test split.
+        num_classes: C.
+    """
+
+    def __init__(
+        self, config: FederationConfig, public: Tensor, test: ImageDataset, num_classes: int
+    ) -> None:
+        self.config = config
+        self.public = public
+        self.test = test
+        name = config.server_model or config.model
+        self.model: nn.Module = build_model(
+            name, test.input_shape, num_classes, seed=config.seed * 100_003 + 99_991
+        )
+
+    def distill(self, indices: Tensor, targets: Tensor) -> float:
+        """Distil on ``targets`` (n, C) for public ``indices`` (n,); returns the last KD loss."""
+        cfg = self.config
+        return distill(
+            self.model,
+            self.public[indices],
+            targets,
+            epochs=cfg.server_distill_epochs,
+            batch_size=cfg.distill_batch_size,
+            lr=cfg.distill_lr,
+        )
+
+    def evaluate(self) -> float:
+        """Top-1 accuracy on the full test split."""
+        return evaluate(self.model, self.test.images, self.test.labels)

@@ -36,6 +36,7 @@ SCHEMA_VERSION = 1
 SIMPLEX_TOLERANCE = 1e-3
 """Largest accepted |row sum - 1| of a decoded soft-label row (float32 and float16 alike)."""
 
+_RENORMALIZE_ABOVE = 2.0**-20
 _SIGNAL_CODES = (0, 1, 2)
 
 
@@ -215,7 +216,12 @@ def _check_simplex(labels: Tensor, field: str) -> Tensor:
     sums = labels.to(torch.float64).sum(dim=1)
     if labels.shape[0] and float((sums - 1).abs().max()) > SIMPLEX_TOLERANCE:
         raise DecodeError(f"{field}: rows do not sum to 1 (tolerance {SIMPLEX_TOLERANCE})")
-    return (labels.to(torch.float64) / sums.unsqueeze(1)).to(torch.float32)
+    # rows already on the simplex to float32 precision stay bit-exact (f32 round-trips exactly)
+    off = (sums - 1).abs() > _RENORMALIZE_ABOVE
+    if bool(off.any()):
+        labels = labels.clone()
+        labels[off] = (labels[off].to(torch.float64) / sums[off].unsqueeze(1)).to(torch.float32)
+    return labels
 
 
 def _encode_targets(targets: DistillTargets) -> dict[str, object]:

@@ -1,0 +1,128 @@
+import pytest
+import torch
+
+from shared.cache_policy import CacheSignal
+from shared.config import FederationConfig
+from shared.distill.era import enhanced_era, era
+from shared.errors import RoundStateConflict
+from shared.protocol.messages import SoftLabelUpload, TrainTask
+from shared.rounds.aggregator import AggregatorCore, UploadOutcome
+
+C = 3
+
+
+def _config(**kw) -> FederationConfig:
+    base = dict(clients=3, public_size=40, public_per_round=10, cache_duration=2, rounds=5)
+    base.update(kw)
+    return FederationConfig(**base)
+
+
+def _upload(task: TrainTask, seed: int) -> SoftLabelUpload:
+    g = torch.Generator().manual_seed(seed * 1000 + task.round * 10 + task.client_id)
+    probs = torch.softmax(torch.randn(task.request_indices.numel(), C, generator=g), -1)
+    return SoftLabelUpload(task.run_id, task.round, task.client_id, task.request_indices, probs,
+                           0.5, 0.5)
+
+
+def _run_round(core: AggregatorCore, seed: int = 0, order=None):
+    tasks = core.open_round()
+    uploads = [_upload(t, seed) for t in tasks]
+    for u in uploads if order is None else [uploads[i] for i in order]:
+        assert core.accept(u) is UploadOutcome.ACCEPTED
+    return tasks, uploads, core.close_round()
+
+
+def test_scarlet_aggregates_the_mean_with_enhanced_era_and_dsfl_with_era():
+    for algorithm, sharpen in [("scarlet", lambda p: enhanced_era(p, 2.0)),
+                               ("dsfl", lambda p: era(p, 0.1))]:
+        core = AggregatorCore(_config(algorithm=algorithm), C)
+        _, uploads, result = _run_round(core)
+        mean = torch.stack([u.soft_labels for u in uploads]).mean(0)
+        assert torch.allclose(result.targets, sharpen(mean), atol=1e-6)
+
+
+def test_the_aggregate_does_not_depend_on_arrival_order():
+    a = _run_round(AggregatorCore(_config(), C), order=[0, 1, 2])[2]
+    b = _run_round(AggregatorCore(_config(), C), order=[2, 0, 1])[2]
+    assert torch.equal(a.targets, b.targets)
+
+
+def test_duplicates_late_and_foreign_uploads_are_classified_and_ignored():
+    core = AggregatorCore(_config(), C)
+    tasks = core.open_round()
+    first = _upload(tasks[0], 0)
+    assert core.accept(first) is UploadOutcome.ACCEPTED
+    assert core.accept(first) is UploadOutcome.DUPLICATE
+    wrong = SoftLabelUpload("run", 0, tasks[1].client_id, tasks[1].request_indices[:-1],
+                            first.soft_labels[:-1], 0.1, 0.1)
+    assert core.accept(wrong) is UploadOutcome.REJECTED
+    other_run = SoftLabelUpload("other", 0, 1, first.indices, first.soft_labels, 0.1, 0.1)
+    assert core.accept(other_run) is UploadOutcome.REJECTED
+    for t in tasks[1:]:
+        core.accept(_upload(t, 0))
+    core.close_round()
+    assert core.accept(_upload(tasks[1], 0)) is UploadOutcome.LATE
+    future = SoftLabelUpload("run", 5, 0, first.indices, first.soft_labels, 0.1, 0.1)
+    assert core.accept(future) is UploadOutcome.REJECTED
+
+
+def test_a_round_closes_with_the_uploads_it_has_and_refuses_to_close_without_any():
+    core = AggregatorCore(_config(), C)
+    tasks = core.open_round()
+    with pytest.raises(RoundStateConflict, match="no accepted upload"):
+        core.close_round()
+    core.accept(_upload(tasks[1], 0))
+    assert core.missing() == [tasks[0].client_id, tasks[2].client_id]
+    result = core.close_round()
+    assert result.contributors == (tasks[1].client_id,)
+    with pytest.raises(RoundStateConflict):
+        core.close_round()
+
+
+def test_scarlet_requests_fewer_labels_than_dsfl_and_sends_only_non_cached_rows():
+    scarlet, dsfl = AggregatorCore(_config(), C), AggregatorCore(_config(algorithm="dsfl"), C)
+    requested = {"s": 0, "d": 0}
+    for _ in range(4):
+        s_tasks, _, s_res = _run_round(scarlet)
+        d_tasks, _, _ = _run_round(dsfl)
+        requested["s"] += s_res.requested
+        requested["d"] += d_tasks[0].request_indices.numel()
+        for t in s_tasks:
+            if t.targets is not None:
+                assert t.targets.signals is not None
+                fresh = int((t.targets.signals != int(CacheSignal.CACHED)).sum())
+                assert t.targets.fresh_labels.shape == (fresh, C)
+        for t in d_tasks:
+            if t.targets is not None:
+                assert t.targets.signals is None
+                assert t.targets.fresh_labels.shape == (10, C)
+    assert requested["s"] < requested["d"] == 40
+
+
+def test_partial_participation_sends_catch_up_only_to_clients_that_missed_rounds():
+    core = AggregatorCore(_config(clients=6, sample_ratio=0.5, public_size=12,
+                                  public_per_round=8, cache_duration=5), C)
+    assert core.mirrors is not None
+    attended: dict[int, set[int]] = {k: set() for k in range(6)}
+    got_catch_up = False
+    for r in range(8):
+        tasks, _, _ = _run_round(core)
+        for t in tasks:
+            perfect_attendance = attended[t.client_id] == set(range(r))
+            if t.round <= 1 or perfect_attendance:
+                # nothing cached before round 0 committed; a client that saw every signal
+                # holds exactly the global cache
+                assert t.catch_up is None, (t.round, t.client_id)
+            elif t.catch_up is not None:
+                got_catch_up = True
+            attended[t.client_id].add(r)
+    assert got_catch_up
+
+
+def test_rounds_and_samples_are_reproducible_from_the_seed():
+    a, b = AggregatorCore(_config(seed=3), C), AggregatorCore(_config(seed=3), C)
+    for _ in range(3):
+        ta, _, ra = _run_round(a)
+        tb, _, rb = _run_round(b)
+        assert [t.client_id for t in ta] == [t.client_id for t in tb]
+        assert torch.equal(ra.indices, rb.indices) and torch.equal(ra.targets, rb.targets)

@@ -20,8 +20,9 @@ def _config(**kw) -> FederationConfig:
 def _upload(task: TrainTask, seed: int) -> SoftLabelUpload:
     g = torch.Generator().manual_seed(seed * 1000 + task.round * 10 + task.client_id)
     probs = torch.softmax(torch.randn(task.request_indices.numel(), C, generator=g), -1)
-    return SoftLabelUpload(task.run_id, task.round, task.client_id, task.request_indices, probs,
-                           0.5, 0.5)
+    return SoftLabelUpload(
+        task.run_id, task.round, task.client_id, task.request_indices, probs, 0.5, 0.5
+    )
 
 
 def _run_round(core: AggregatorCore, seed: int = 0, order=None):
@@ -33,8 +34,10 @@ def _run_round(core: AggregatorCore, seed: int = 0, order=None):
 
 
 def test_scarlet_aggregates_the_mean_with_enhanced_era_and_dsfl_with_era():
-    for algorithm, sharpen in [("scarlet", lambda p: enhanced_era(p, 2.0)),
-                               ("dsfl", lambda p: era(p, 0.1))]:
+    for algorithm, sharpen in [
+        ("scarlet", lambda p: enhanced_era(p, 2.0)),
+        ("dsfl", lambda p: era(p, 0.1)),
+    ]:
         core = AggregatorCore(_config(algorithm=algorithm), C)
         _, uploads, result = _run_round(core)
         mean = torch.stack([u.soft_labels for u in uploads]).mean(0)
@@ -53,8 +56,15 @@ def test_duplicates_late_and_foreign_uploads_are_classified_and_ignored():
     first = _upload(tasks[0], 0)
     assert core.accept(first) is UploadOutcome.ACCEPTED
     assert core.accept(first) is UploadOutcome.DUPLICATE
-    wrong = SoftLabelUpload("run", 0, tasks[1].client_id, tasks[1].request_indices[:-1],
-                            first.soft_labels[:-1], 0.1, 0.1)
+    wrong = SoftLabelUpload(
+        "run",
+        0,
+        tasks[1].client_id,
+        tasks[1].request_indices[:-1],
+        first.soft_labels[:-1],
+        0.1,
+        0.1,
+    )
     assert core.accept(wrong) is UploadOutcome.REJECTED
     other_run = SoftLabelUpload("other", 0, 1, first.indices, first.soft_labels, 0.1, 0.1)
     assert core.accept(other_run) is UploadOutcome.REJECTED
@@ -100,8 +110,10 @@ def test_scarlet_requests_fewer_labels_than_dsfl_and_sends_only_non_cached_rows(
 
 
 def test_partial_participation_sends_catch_up_only_to_clients_that_missed_rounds():
-    core = AggregatorCore(_config(clients=6, sample_ratio=0.5, public_size=12,
-                                  public_per_round=8, cache_duration=5), C)
+    core = AggregatorCore(
+        _config(clients=6, sample_ratio=0.5, public_size=12, public_per_round=8, cache_duration=5),
+        C,
+    )
     assert core.mirrors is not None
     attended: dict[int, set[int]] = {k: set() for k in range(6)}
     got_catch_up = False

@@ -26,15 +26,25 @@ def _label(round_no: int, index: int, classes: int = 2) -> torch.Tensor:
 
 
 def _labels_for(round_no: int, indices: torch.Tensor, classes: int = 2) -> torch.Tensor:
-    return torch.stack([_label(round_no, int(i), classes) for i in indices]) if len(
-        indices
-    ) else torch.empty(0, classes)
+    return (
+        torch.stack([_label(round_no, int(i), classes) for i in indices])
+        if len(indices)
+        else torch.empty(0, classes)
+    )
 
 
 @pytest.mark.parametrize(
     ("age", "duration", "fresh"),
-    [(0, 2, False), (1, 2, True), (2, 2, True), (3, 2, False), (1, 0, False),
-     (49, 50, True), (50, 50, True), (51, 50, False)],
+    [
+        (0, 2, False),
+        (1, 2, True),
+        (2, 2, True),
+        (3, 2, False),
+        (1, 0, False),
+        (49, 50, True),
+        (50, 50, True),
+        (51, 50, False),
+    ],
 )
 def test_is_fresh_reuses_a_label_cached_in_round_c_in_rounds_c_plus_1_to_c_plus_d(
     age, duration, fresh
@@ -76,8 +86,9 @@ def test_server_and_client_follow_the_hand_worked_trace():
         targets = client.restore(r, commit.indices, commit.signals, commit.fresh_labels)
         assert torch.equal(targets, commit.targets)
         # and reused rows are the labels the client stored when they were NEWLY_CACHED
-        for i, s, row in zip(commit.indices.tolist(), commit.signals.tolist(), targets,
-                             strict=True):
+        for i, s, row in zip(
+            commit.indices.tolist(), commit.signals.tolist(), targets, strict=True
+        ):
             if s == C_:
                 assert torch.equal(row, held_by_client[i])
             elif s == N:
@@ -134,15 +145,18 @@ def test_server_and_clients_never_disagree_under_partial_participation(
     clients = [ClientCache(public, classes) for _ in range(num_clients)]
     last = None
     for r in range(rounds):
-        sampled = [k for k in range(num_clients) if torch.rand(1, generator=g).item() < participation]
+        sampled = [
+            k for k in range(num_clients) if torch.rand(1, generator=g).item() < participation
+        ]
         # Downlink of round r carries round r-1's commit (with catch-up) to the sampled clients
         if last is not None:
             for k in sampled:
                 diff = mirrors.diff(k, last)
                 mirrors.record_delivery(k, last, server)
                 clients[k].apply_catch_up(diff)
-                targets = clients[k].restore(last.round, last.indices, last.signals,
-                                             last.fresh_labels)
+                targets = clients[k].restore(
+                    last.round, last.indices, last.signals, last.fresh_labels
+                )
                 # Then the client distils on exactly the server's targets
                 assert torch.equal(targets, last.targets)
                 # and its replica equals the global cache on the distillation set
@@ -150,13 +164,14 @@ def test_server_and_clients_never_disagree_under_partial_participation(
                 assert torch.equal(clients[k].labels[last.indices], server.labels[last.indices])
                 # and the mirror knows exactly what the client holds
                 assert torch.equal(mirrors.written[k], clients[k].written)
-        drawn = torch.randperm(public, generator=g)[: int(torch.randint(1, public, (1,),
-                                                                        generator=g))]
+        drawn = torch.randperm(public, generator=g)[
+            : int(torch.randint(1, public, (1,), generator=g))
+        ]
         plan = server.plan_requests(drawn, r, duration)
         fresh = torch.softmax(torch.randn(plan.requested.numel(), classes, generator=g), -1)
         last = server.commit(plan, fresh, r, duration)
         # the request rule and the signals use the same predicate
-        assert (last.signals[plan.requested.numel():] == int(C_)).all()
+        assert (last.signals[plan.requested.numel() :] == int(C_)).all()
         assert (last.signals[: plan.requested.numel()] != int(C_)).all()
 
 
@@ -165,8 +180,9 @@ def test_full_participation_needs_no_catch_up_and_digests_match():
     server, client, mirrors = ServerCache(50, 4), ClientCache(50, 4), ClientMirrors(1, 50)
     for r in range(30):
         plan = server.plan_requests(torch.randperm(50, generator=g)[:10], r, 3)
-        commit = server.commit(plan, torch.softmax(torch.randn(plan.requested.numel(), 4,
-                                                               generator=g), -1), r, 3)
+        commit = server.commit(
+            plan, torch.softmax(torch.randn(plan.requested.numel(), 4, generator=g), -1), r, 3
+        )
         assert mirrors.diff(0, commit).is_empty
         mirrors.record_delivery(0, commit, server)
         client.restore(r, commit.indices, commit.signals, commit.fresh_labels)
@@ -176,8 +192,9 @@ def test_full_participation_needs_no_catch_up_and_digests_match():
 def test_a_client_that_missed_rounds_is_sent_the_labels_it_lacks_before_the_signals():
     # Given client 1 missed round 0's signals; both entries were cached in round 0
     server, mirrors = ServerCache(4, 2), ClientMirrors(2, 4)
-    c0 = server.commit(server.plan_requests(torch.tensor([0, 1]), 0, 5), _labels_for(0, [0, 1]),
-                       0, 5)
+    c0 = server.commit(
+        server.plan_requests(torch.tensor([0, 1]), 0, 5), _labels_for(0, [0, 1]), 0, 5
+    )
     mirrors.record_delivery(0, c0, server)
     # When round 1 reuses 0 and 1 (both CACHED)
     c1 = server.commit(server.plan_requests(torch.tensor([0, 1]), 1, 5), torch.empty(0, 2), 1, 5)

@@ -39,7 +39,11 @@ def _upload() -> SoftLabelUpload:
 
 def _assert_tasks_equal(a: TrainTask, b: TrainTask) -> None:
     assert (a.run_id, a.round, a.client_id, a.cache_version) == (
-        b.run_id, b.round, b.client_id, b.cache_version)
+        b.run_id,
+        b.round,
+        b.client_id,
+        b.cache_version,
+    )
     assert torch.equal(a.request_indices, b.request_indices)
     assert a.targets is not None and b.targets is not None
     assert torch.equal(a.targets.indices, b.targets.indices)
@@ -111,8 +115,9 @@ def test_a_body_over_the_limit_is_refused_before_decoding():
 
 
 def test_a_forged_shape_cannot_make_the_decoder_allocate():
-    body = _mutate(encode_upload(_upload()),
-                   labels={"dtype": "<f4", "shape": [3, 4_000_000_000], "data": b""})
+    body = _mutate(
+        encode_upload(_upload()), labels={"dtype": "<f4", "shape": [3, 4_000_000_000], "data": b""}
+    )
     with pytest.raises(DecodeError):
         decode_upload(body, LIMITS)
 
@@ -128,13 +133,25 @@ def test_garbage_raises_only_protocol_errors(body):
 def test_signal_codes_and_fresh_row_counts_are_checked():
     task = _task()
     assert task.targets is not None
-    bad = TrainTask(task.run_id, 3, 2, task.request_indices,
-                    DistillTargets(2, task.targets.indices, torch.tensor([1, 7, 0]),
-                                   task.targets.fresh_labels), None, 2)
+    bad = TrainTask(
+        task.run_id,
+        3,
+        2,
+        task.request_indices,
+        DistillTargets(2, task.targets.indices, torch.tensor([1, 7, 0]), task.targets.fresh_labels),
+        None,
+        2,
+    )
     with pytest.raises(DecodeError, match="signals"):
         decode_task(encode_task(bad), LIMITS)
-    wrong_rows = TrainTask(task.run_id, 3, 2, task.request_indices,
-                           DistillTargets(2, task.targets.indices, torch.tensor([1, 1, 1]),
-                                          task.targets.fresh_labels), None, 2)
+    wrong_rows = TrainTask(
+        task.run_id,
+        3,
+        2,
+        task.request_indices,
+        DistillTargets(2, task.targets.indices, torch.tensor([1, 1, 1]), task.targets.fresh_labels),
+        None,
+        2,
+    )
     with pytest.raises(DecodeError, match="shape"):
         decode_task(encode_task(wrong_rows), LIMITS)

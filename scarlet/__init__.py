@@ -1,0 +1,1 @@
+"""The ``scarlet`` command: embedded simulation, local service launcher and reports."""

@@ -90,7 +90,9 @@ class RunResults:
             row = asdict(x)
             row["cache_hit_ratio"] = x.cache_hit_ratio
             rounds.append(row)
-        return _nan_to_none({"config": self.config, "summary": self.summary(), "rounds": rounds})
+        doc = _nan_to_none({"config": self.config, "summary": self.summary(), "rounds": rounds})
+        assert isinstance(doc, dict)
+        return doc
 
     def write(self, path: str | Path) -> Path:
         """Write the results file (JSON), creating parent folders."""

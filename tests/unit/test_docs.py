@@ -1,0 +1,18 @@
+"""The docs promise what the code does."""
+
+from pathlib import Path
+
+from shared.config import FederationConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_configuration_key_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [k for k in FederationConfig.model_fields if f"| `{k}` |" not in readme]
+    assert missing == []
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    assert "make test" in (ROOT / "README.md").read_text()
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

@@ -41,6 +41,7 @@ __all__ = [
     "RequestPlan",
     "ServerCache",
     "is_fresh",
+    "targets_digest",
 ]
 
 NEVER = -1
@@ -304,3 +305,12 @@ def _digest(written: Tensor, labels: Tensor) -> str:
     h.update(written[present].numpy().astype("<i8").tobytes())
     h.update(labels[present].numpy().astype("<f4").tobytes())
     return h.hexdigest()
+
+
+def targets_digest(targets: Tensor) -> str:
+    """SHA-256 (hex) of a restored target matrix (n, C) as float32 little-endian bytes.
+
+    The aggregator sends it with each task; a client whose restored targets hash differently
+    holds a desynchronized replica.
+    """
+    return hashlib.sha256(targets.to(torch.float32).numpy().astype("<f4").tobytes()).hexdigest()

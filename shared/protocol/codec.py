@@ -55,6 +55,7 @@ def encode_task(task: TrainTask) -> bytes:
         **_envelope("train_task", task.run_id, task.round, task.client_id),
         "request": encode_tensor(task.request_indices),
         "cache_version": task.cache_version,
+        "targets_digest": task.targets_digest,
         "targets": None if task.targets is None else _encode_targets(task.targets),
         "catch_up": None if task.catch_up is None else _encode_catch_up(task.catch_up),
     }
@@ -99,6 +100,7 @@ def decode_task(body: bytes, limits: DecodeLimits) -> TrainTask:
         targets=None if targets_obj is None else _decode_targets(targets_obj, limits),
         catch_up=None if catch_obj is None else _decode_catch_up(catch_obj, limits),
         cache_version=_int(msg.get("cache_version"), "cache_version"),
+        targets_digest=_digest_field(msg.get("targets_digest"), "targets_digest"),
     )
 
 
@@ -170,6 +172,16 @@ def _envelope_fields(msg: Mapping[str, object]) -> tuple[str, int, int]:
 def _int(value: object, field: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**62:
         raise DecodeError(f"{field}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _digest_field(value: object, field: str) -> str:
+    if (
+        not isinstance(value, str)
+        or len(value) not in (0, 64)
+        or not all(c in "0123456789abcdef" for c in value)
+    ):
+        raise DecodeError(f"{field}: expected an empty string or 64 hex digits")
     return value
 
 

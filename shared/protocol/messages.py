@@ -54,6 +54,7 @@ class TrainTask:
     targets: DistillTargets | None  # None in round 0
     catch_up: CatchUp | None  # None when the client is in step (or without a cache)
     cache_version: int  # global cache version after round t-1 was committed
+    targets_digest: str = ""  # SHA-256 of the restored (n, C) targets; "" without a cache
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,13 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
-from shared.cache_policy import CacheCommit, ClientMirrors, RequestPlan, ServerCache
+from shared.cache_policy import (
+    CacheCommit,
+    ClientMirrors,
+    RequestPlan,
+    ServerCache,
+    targets_digest,
+)
 from shared.config import FederationConfig
 from shared.distill import mean_by_index, sample_clients, sample_public_indices, sharpen
 from shared.distill.sampling import round_generator
@@ -88,8 +94,9 @@ class AggregatorCore:
         self.clients: tuple[int, ...] = ()
         self.plan: RequestPlan | None = None
         self.uploads: dict[int, SoftLabelUpload] = {}
-        self._previous: DistillTargets | None = None
-        self._last_commit: CacheCommit | None = None
+        self.downlink_targets: DistillTargets | None = None
+        self.last_commit: CacheCommit | None = None
+        self.downlink_digest = ""
 
     @property
     def cache_version(self) -> int:
@@ -124,7 +131,7 @@ class AggregatorCore:
     def _task_for(self, client_id: int) -> TrainTask:
         assert self.plan is not None
         catch_up = None
-        commit = self._last_commit
+        commit = self.last_commit
         if self.mirrors is not None and commit is not None and self.cache is not None:
             diff = self.mirrors.diff(client_id, commit)
             if not diff.is_empty:
@@ -137,13 +144,17 @@ class AggregatorCore:
             round=self.round,
             client_id=client_id,
             request_indices=self.plan.requested,
-            targets=self._previous,
+            targets=self.downlink_targets,
             catch_up=catch_up,
             cache_version=self.cache_version,
+            targets_digest=self.downlink_digest,
         )
 
-    def accept(self, upload: SoftLabelUpload) -> UploadOutcome:
-        """Record one decoded upload; idempotent per (run, round, client)."""
+    def classify(self, upload: SoftLabelUpload) -> UploadOutcome:
+        """What :meth:`accept` would do with ``upload``, without changing anything.
+
+        The service records an upload durably between ``classify`` and ``accept``.
+        """
         if upload.run_id != self.config.run_id or upload.round > self.round:
             return UploadOutcome.REJECTED
         if upload.round < self.round or self.phase is not RoundPhase.COLLECTING:
@@ -155,8 +166,16 @@ class AggregatorCore:
             upload.indices, self.plan.requested
         ):
             return UploadOutcome.REJECTED
-        self.uploads[upload.client_id] = upload
+        if upload.soft_labels.shape != (upload.indices.numel(), self.num_classes):
+            return UploadOutcome.REJECTED
         return UploadOutcome.ACCEPTED
+
+    def accept(self, upload: SoftLabelUpload) -> UploadOutcome:
+        """Record one decoded upload; idempotent per (run, round, client)."""
+        outcome = self.classify(upload)
+        if outcome is UploadOutcome.ACCEPTED:
+            self.uploads[upload.client_id] = upload
+        return outcome
 
     def missing(self) -> list[int]:
         """Sampled clients whose upload has not arrived yet."""
@@ -176,11 +195,14 @@ class AggregatorCore:
         fresh = self._aggregate(plan)
         if self.cache is not None:
             commit = self.cache.commit(plan, fresh, t, cfg.cache_duration)
-            self._last_commit = commit
-            self._previous = DistillTargets(t, commit.indices, commit.signals, commit.fresh_labels)
+            self.last_commit = commit
+            self.downlink_targets = DistillTargets(
+                t, commit.indices, commit.signals, commit.fresh_labels
+            )
             indices, targets = commit.indices, commit.targets
+            self.downlink_digest = targets_digest(targets)
         else:
-            self._previous = DistillTargets(t, plan.requested, None, fresh)
+            self.downlink_targets = DistillTargets(t, plan.requested, None, fresh)
             indices, targets = plan.requested, fresh
         result = RoundResult(
             round=t,

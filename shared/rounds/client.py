@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from shared.cache_policy import CatchUpDiff, ClientCache
+from shared.cache_policy import CatchUpDiff, ClientCache, targets_digest
 from shared.config import FederationConfig
 from shared.data import ImageDataset
 from shared.distill.sampling import round_generator
@@ -118,9 +118,15 @@ class ClientRuntime:
             self.cache.apply_catch_up(
                 CatchUpDiff(c.update_indices, c.update_labels, c.update_written, c.clear_indices)
             )
-        return self.cache.restore(
+        restored = self.cache.restore(
             targets.round, targets.indices, targets.signals, targets.fresh_labels
         )
+        if task.targets_digest and targets_digest(restored) != task.targets_digest:
+            raise CacheDesync(
+                f"restore: round={task.round} client={self.client_id} restored targets do not "
+                "match the aggregator's digest"
+            )
+        return restored
 
     def _evaluate(self, round_no: int) -> float:
         every = self.config.client_eval_every

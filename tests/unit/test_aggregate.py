@@ -12,8 +12,12 @@ def _naive(labels, index):
     for row, i in zip(labels.tolist(), index.tolist(), strict=True):
         out.setdefault(i, []).append(row)
     keys = sorted(out)
-    return torch.tensor([[sum(col) / len(rows) for col in zip(*rows, strict=True)]
-                         for rows in (out[k] for k in keys)]), torch.tensor(keys)
+    return torch.tensor(
+        [
+            [sum(col) / len(rows) for col in zip(*rows, strict=True)]
+            for rows in (out[k] for k in keys)
+        ]
+    ), torch.tensor(keys)
 
 
 @settings(max_examples=50, deadline=None)

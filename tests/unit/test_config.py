@@ -27,8 +27,14 @@ def test_unknown_keys_are_rejected_with_the_valid_ones_listed(tmp_path):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("sample_ratio", 0), ("sample_ratio", 1.5), ("beta", -1), ("algorithm", "fedavg"),
-     ("public_per_round", 20_000), ("clients", 0)],
+    [
+        ("sample_ratio", 0),
+        ("sample_ratio", 1.5),
+        ("beta", -1),
+        ("algorithm", "fedavg"),
+        ("public_per_round", 20_000),
+        ("clients", 0),
+    ],
 )
 def test_invalid_values_are_rejected_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=key if key != "public_per_round" else "public"):
@@ -49,7 +55,10 @@ def test_every_field_has_a_flag_and_only_given_flags_override():
     add_model_flags(parser, FederationConfig)
     args = parser.parse_args(["--cache-duration", "9", "--algorithm", "dsfl", "--alpha", "0.05"])
     assert flag_overrides(args, FederationConfig) == {
-        "cache_duration": 9, "algorithm": "dsfl", "alpha": 0.05}
+        "cache_duration": 9,
+        "algorithm": "dsfl",
+        "alpha": 0.05,
+    }
     flags = {a.dest for a in parser._actions}
     assert set(FederationConfig.model_fields) <= flags
 
@@ -63,6 +72,7 @@ def test_algorithm_decides_cache_and_sharpening():
 
 
 def test_redacted_hides_credentials():
-    out = redacted({"broker_url": "amqp://guest:secret@host:5672/", "redis_password": "pw",
-                    "rounds": 3})
+    out = redacted(
+        {"broker_url": "amqp://guest:secret@host:5672/", "redis_password": "pw", "rounds": 3}
+    )
     assert out == {"broker_url": "amqp://***@host:5672/", "redis_password": "***", "rounds": 3}

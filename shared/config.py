@@ -23,6 +23,7 @@ from shared.errors import ConfigError
 
 __all__ = [
     "FederationConfig",
+    "ServiceSettings",
     "add_model_flags",
     "flag_overrides",
     "load_config",
@@ -100,6 +101,39 @@ class FederationConfig(BaseModel):
     def iid(self) -> bool:
         """True when the private partition is IID (α = 0 by convention)."""
         return self.alpha == 0
+
+
+class ServiceSettings(BaseModel):
+    """How the services reach each other and behave (TOML table ``[service]``).
+
+    The federation itself is described by :class:`FederationConfig`; these settings only
+    say where the broker and store are and how patient the processes are.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    broker_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672/%2F", description="RabbitMQ URL (amqp://...)"
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL of the federation store"
+    )
+    state_url: str = Field(
+        "memory://", description="pool-mode client state store: memory://, file:///dir, redis://"
+    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+    round_timeout_s: float = Field(
+        600.0, gt=0, description="deadline after which a round closes with a minimum quorum"
+    )
+    min_quorum: float = Field(
+        1.0, gt=0, le=1, description="share of sampled clients needed to close at the deadline"
+    )
+    rpc_timeout_s: float = Field(30.0, gt=0, description="cache-sync RPC timeout")
+    heartbeat_s: int = Field(30, ge=0, description="AMQP heartbeat interval")
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="largest message body accepted or sent"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 
 
 def load_config(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 __all__ = [
+    "cache_rpc_queue",
     "client_routing_key",
     "client_tasks_queue",
     "pool_tasks_queue",
     "rounds_exchange",
+    "reply_queue",
     "uploads_queue",
 ]
 
@@ -34,3 +36,13 @@ def pool_tasks_queue(run_id: str) -> str:
 def uploads_queue(run_id: str) -> str:
     """Queue of soft-label uploads, consumed by the aggregator."""
     return f"scarlet.{run_id}.uploads"
+
+
+def cache_rpc_queue(run_id: str) -> str:
+    """Queue of cache-sync requests, consumed by the cache service."""
+    return f"scarlet.{run_id}.cache-rpc"
+
+
+def reply_queue(run_id: str, worker_id: str) -> str:
+    """A worker's own queue for cache-sync replies."""
+    return f"scarlet.{run_id}.reply.{worker_id}"

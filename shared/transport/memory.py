@@ -1,0 +1,399 @@
+"""In-process transport with the broker semantics of :mod:`shared.transport.amqp`.
+
+``InMemoryTransport()`` creates a private broker and a first client handle on it;
+``transport.connect()`` opens further handles on the same broker, one per simulated
+process (aggregator, each worker). Everything is per instance: two
+``InMemoryTransport()`` objects never share a message.
+
+It carries bytes, not objects, so the codec runs exactly as it does over RabbitMQ, and it
+keeps the AMQP rules that handlers depend on: FIFO queues, manual settlement, requeue to
+the original position with ``redelivered=True``, unsettled deliveries of a closed handle
+requeued, dead-lettering through a fanout exchange into the dead-letter queue, mandatory
+routing (an unroutable publish raises), and a client-side size limit.
+
+Handles are thread-safe (one lock per broker): a worker thread may ``ack`` a delivery that
+another thread got. ``process_events`` only sleeps; there is no connection to serve.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from shared.errors import ConfigError, TransportClosed, TransportError
+from shared.transport.base import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    EXCHANGE_KINDS,
+    HEADER_ORIGINAL_QUEUE,
+    HEADER_REJECT_REASON,
+    ExchangeSpec,
+    QueueSpec,
+    check_message,
+)
+
+__all__ = ["InMemoryDelivery", "InMemoryTransport"]
+
+_DEFAULT_EXCHANGE: Final = ""
+
+
+@dataclass(slots=True)
+class _Message:
+    body: bytes
+    headers: dict[str, str]
+    seq: int  # broker-wide publish order; a requeued message goes back to its slot
+    redelivered: bool = False
+
+
+@dataclass(slots=True)
+class _Queue:
+    spec: QueueSpec
+    ready: deque[_Message] = field(default_factory=deque)
+    bindings: set[tuple[str, str]] = field(default_factory=set)
+
+
+class _Broker:
+    """Exchanges, queues and bindings shared by the handles of one InMemoryTransport."""
+
+    def __init__(self, dead_letter_exchange: str, dead_letter_queue: str) -> None:
+        self.cond = threading.Condition()
+        self.exchanges: dict[str, ExchangeSpec] = {}
+        self.queues: dict[str, _Queue] = {}
+        self.next_seq = 0
+        self.dead_letter_exchange = dead_letter_exchange
+        self.dead_letter_queue = dead_letter_queue
+        self.declare(
+            [ExchangeSpec(dead_letter_exchange, "fanout")],
+            [QueueSpec(dead_letter_queue, ((dead_letter_exchange, ""),), dead_letter=False)],
+        )
+
+    # Every method below runs with ``cond`` held by the caller (or in __init__).
+
+    def declare(self, exchanges: Iterable[ExchangeSpec], queues: Iterable[QueueSpec]) -> None:
+        for ex in exchanges:
+            if not ex.name:
+                raise TransportError("the default exchange cannot be declared")
+            if ex.kind not in EXCHANGE_KINDS:
+                raise TransportError(f"exchange {ex.name!r}: unsupported kind {ex.kind!r}")
+            known = self.exchanges.setdefault(ex.name, ex)
+            if known.kind != ex.kind:
+                raise TransportError(
+                    f"exchange {ex.name!r} exists as {known.kind!r}, not {ex.kind!r}"
+                )
+        for spec in queues:
+            self._declare_queue(spec)
+
+    def _declare_queue(self, spec: QueueSpec) -> None:
+        queue = self.queues.get(spec.name)
+        if queue is None:
+            queue = self.queues[spec.name] = _Queue(spec)
+        elif (queue.spec.quorum, queue.spec.dead_letter) != (spec.quorum, spec.dead_letter):
+            # the broker refuses a redeclaration with other arguments (406 PRECONDITION_FAILED)
+            raise TransportError(f"queue {spec.name!r} exists with different settings")
+        for exchange, key in spec.bindings:
+            if exchange not in self.exchanges:
+                raise TransportError(f"queue {spec.name!r}: no exchange {exchange!r} to bind to")
+            queue.bindings.add((exchange, key))
+
+    def route(self, exchange: str, routing_key: str) -> list[_Queue]:
+        if exchange == _DEFAULT_EXCHANGE:
+            queue = self.queues.get(routing_key)
+            return [] if queue is None else [queue]
+        spec = self.exchanges.get(exchange)
+        if spec is None:
+            raise TransportError(f"no exchange {exchange!r}")
+        fanout = spec.kind == "fanout"
+        return [
+            q
+            for q in self.queues.values()
+            if any(ex == exchange and (fanout or key == routing_key) for ex, key in q.bindings)
+        ]
+
+    def publish(
+        self, exchange: str, routing_key: str, body: bytes, headers: Mapping[str, str]
+    ) -> None:
+        targets = self.route(exchange, routing_key)
+        if not targets:
+            raise TransportError(
+                f"unroutable message: exchange={exchange!r} routing_key={routing_key!r}"
+            )
+        for queue in targets:
+            queue.ready.append(_Message(body, dict(headers), self.next_seq))
+        self.next_seq += 1
+        self.cond.notify_all()
+
+    def requeue(self, queue_name: str, message: _Message) -> None:
+        queue = self.queues.get(queue_name)
+        if queue is None:  # deleted meanwhile: its messages went with it
+            return
+        message.redelivered = True
+        index = bisect.bisect_left(queue.ready, message.seq, key=lambda m: m.seq)
+        queue.ready.insert(index, message)
+        self.cond.notify_all()
+
+
+class InMemoryDelivery:
+    """A message taken from an in-memory queue; settle it with ``ack`` or ``reject``."""
+
+    __slots__ = (
+        "_handle",
+        "_message",
+        "_spec",
+        "_settled",
+        "body",
+        "headers",
+        "queue",
+        "redelivered",
+    )
+
+    def __init__(self, handle: InMemoryTransport, queue: _Queue, message: _Message) -> None:
+        self.body: bytes = message.body
+        self.headers: Mapping[str, str] = dict(message.headers)  # a copy: consumers may not edit
+        self.redelivered: bool = message.redelivered
+        self.queue: str = queue.spec.name
+        self._handle = handle
+        self._message = message
+        self._spec = queue.spec  # kept: the queue may be deleted before the delivery is settled
+        self._settled = False
+
+    def ack(self) -> None:
+        """Remove the message for good.
+
+        Raises:
+            TransportError: already settled.
+            TransportClosed: the handle was closed (the message went back to its queue).
+        """
+        with self._handle._broker.cond:
+            self._settle()
+
+    def reject(self, *, requeue: bool, reason: str = "") -> None:
+        """Requeue the message (``redelivered=True`` next time) or dead-letter it.
+
+        Args:
+            requeue: True puts it back at its original position; False sends it to the
+                dead-letter queue (dropped when the queue has ``dead_letter=False``).
+            reason: stored in the dead letter's ``x-reject-reason`` header.
+
+        Raises:
+            TransportError: already settled, or the dead-letter queue is gone (the
+                delivery then stays unsettled).
+            TransportClosed: the handle was closed (the message went back to its queue).
+        """
+        broker = self._handle._broker
+        with broker.cond:
+            self._check_unsettled()
+            if requeue:
+                broker.requeue(self.queue, self._message)
+            elif self._spec.dead_letter:
+                headers = dict(self._message.headers)
+                headers[HEADER_ORIGINAL_QUEUE] = self.queue
+                if reason:
+                    headers[HEADER_REJECT_REASON] = reason
+                broker.publish(broker.dead_letter_exchange, self.queue, self.body, headers)
+            self._settle()
+
+    def _check_unsettled(self) -> None:
+        if self._settled:
+            raise TransportError(f"delivery from {self.queue!r} was already settled")
+        if self._handle._closed:
+            raise TransportClosed(f"delivery from {self.queue!r}: its transport was closed")
+
+    def _settle(self) -> None:
+        self._check_unsettled()
+        self._settled = True
+        self._handle._unsettled.pop(id(self), None)
+        self._handle._broker.cond.notify_all()  # a get() may wait for a prefetch slot
+
+
+class InMemoryTransport:
+    """A broker in this process, and one client handle on it (see the module docstring).
+
+    Args:
+        prefetch: unsettled deliveries per queue and handle; ``get`` waits (and times
+            out) beyond it, as an AMQP consumer with ``basic_qos(prefetch)`` would.
+        max_message_bytes: largest body this handle publishes.
+        dead_letter_exchange: name of the broker's dead-letter (fanout) exchange.
+        dead_letter_queue: name of the broker's dead-letter queue.
+    """
+
+    def __init__(
+        self,
+        *,
+        prefetch: int = 1,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        dead_letter_exchange: str = DEAD_LETTER_EXCHANGE,
+        dead_letter_queue: str = DEAD_LETTER_QUEUE,
+    ) -> None:
+        if prefetch < 1:
+            raise ConfigError("prefetch must be >= 1")
+        self._broker = _Broker(dead_letter_exchange, dead_letter_queue)
+        self._prefetch = prefetch
+        self._max_message_bytes = max_message_bytes
+        self._closed = False
+        self._unsettled: dict[int, InMemoryDelivery] = {}
+
+    def connect(
+        self, *, prefetch: int | None = None, max_message_bytes: int | None = None
+    ) -> InMemoryTransport:
+        """Open another client handle on this handle's broker.
+
+        Args:
+            prefetch: the new handle's prefetch; defaults to this handle's.
+            max_message_bytes: the new handle's size limit; defaults to this handle's.
+
+        Returns:
+            A handle that sees the same exchanges and queues; closing it requeues only its
+            own unsettled deliveries.
+        """
+        handle = InMemoryTransport.__new__(InMemoryTransport)
+        handle._broker = self._broker
+        handle._prefetch = self._prefetch if prefetch is None else prefetch
+        handle._max_message_bytes = (
+            self._max_message_bytes if max_message_bytes is None else max_message_bytes
+        )
+        handle._closed = False
+        handle._unsettled = {}
+        return handle
+
+    def declare(
+        self, exchanges: Iterable[ExchangeSpec] = (), queues: Iterable[QueueSpec] = ()
+    ) -> None:
+        """Create exchanges, then queues and bindings; see ``Transport.declare``.
+
+        Raises:
+            TransportError: conflicting redeclaration, unknown exchange in a binding,
+                unsupported kind, or the handle is closed.
+        """
+        with self._broker.cond:
+            self._check_open()
+            self._broker.declare(exchanges, queues)
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Put a message into every queue the exchange routes it to.
+
+        Raises:
+            TypeError: non-bytes body or non-str headers.
+            MessageTooLarge: body over ``max_message_bytes``.
+            TransportError: unknown exchange, or no queue would receive the message.
+            TransportClosed: the handle is closed.
+        """
+        check_message(body, headers, self._max_message_bytes)
+        with self._broker.cond:
+            self._check_open()
+            self._broker.publish(exchange, routing_key, body, headers or {})
+
+    def get(self, queue: str, *, timeout_s: float) -> InMemoryDelivery | None:
+        """Wait up to ``timeout_s`` seconds for the next message of ``queue``.
+
+        Waits also while this handle holds ``prefetch`` unsettled deliveries of ``queue``.
+
+        Raises:
+            TransportError: the queue does not exist (or was deleted while waiting).
+            TransportClosed: the handle is (or was, while waiting) closed.
+        """
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        broker = self._broker
+        with broker.cond:
+            while True:
+                self._check_open()
+                state = broker.queues.get(queue)
+                if state is None:
+                    raise TransportError(f"no queue {queue!r} (declare it first)")
+                if state.ready and self._has_prefetch_slot(queue):
+                    delivery = InMemoryDelivery(self, state, state.ready.popleft())
+                    self._unsettled[id(delivery)] = delivery
+                    return delivery
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                broker.cond.wait(remaining)
+
+    def process_events(self, time_s: float = 0.0) -> None:
+        """Sleep ``time_s`` seconds (nothing to serve in memory).
+
+        Raises:
+            TransportClosed: the handle is closed.
+        """
+        self._check_open()
+        if time_s > 0:
+            time.sleep(time_s)
+
+    def purge(self, queue: str) -> int:
+        """Drop the ready messages of ``queue`` and return how many there were.
+
+        Raises:
+            TransportError: the queue does not exist.
+            TransportClosed: the handle is closed.
+        """
+        with self._broker.cond:
+            self._check_open()
+            state = self._broker.queues.get(queue)
+            if state is None:
+                raise TransportError(f"no queue {queue!r} to purge")
+            count = len(state.ready)
+            state.ready.clear()
+            return count
+
+    def delete_queue(self, queue: str) -> None:
+        """Delete ``queue`` with its messages; unknown queues are ignored.
+
+        Raises:
+            TransportClosed: the handle is closed.
+        """
+        with self._broker.cond:
+            self._check_open()
+            if self._broker.queues.pop(queue, None) is not None:
+                self._broker.cond.notify_all()  # waiting consumers must see it is gone
+
+    def delete_exchange(self, exchange: str) -> None:
+        """Delete ``exchange`` and the bindings to it; unknown exchanges are ignored.
+
+        Raises:
+            TransportClosed: the handle is closed.
+        """
+        with self._broker.cond:
+            self._check_open()
+            self._broker.exchanges.pop(exchange, None)
+            for state in self._broker.queues.values():
+                state.bindings = {b for b in state.bindings if b[0] != exchange}
+
+    def dead_letters(self) -> str:
+        """Name of the broker's dead-letter queue."""
+        return self._broker.dead_letter_queue
+
+    def close(self) -> None:
+        """Close this handle; its unsettled deliveries go back to their queues. Idempotent."""
+        with self._broker.cond:
+            if self._closed:
+                return
+            for delivery in sorted(self._unsettled.values(), key=lambda d: d._message.seq):
+                self._broker.requeue(delivery.queue, delivery._message)
+            self._unsettled.clear()
+            self._closed = True
+            self._broker.cond.notify_all()  # wake this handle's waiting get()
+
+    def _has_prefetch_slot(self, queue: str) -> bool:
+        in_flight = sum(1 for d in self._unsettled.values() if d.queue == queue)
+        return in_flight < self._prefetch
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportClosed("in-memory transport handle is closed")
+
+    def __enter__(self) -> InMemoryTransport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Contract tests: one test body per behaviour, run against every implementation."""

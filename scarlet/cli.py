@@ -17,9 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from scarlet.results import RoundRecord, format_round_line
 from shared.config import FederationConfig, add_model_flags, flag_overrides, load_config
 from shared.errors import ScarletError
+from shared.results import RoundRecord, format_round_line
 
 __all__ = ["main", "make_parser"]
 

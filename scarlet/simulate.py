@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 
-from scarlet.results import RoundRecord, RunResults
 from services.aggregator.collect import collect_uploads
 from services.worker.handler import handle_delivery
 from shared.accounting import ByteLedger
@@ -25,6 +24,7 @@ from shared.data import FederatedData, load_dataset, split_federation
 from shared.protocol import routes
 from shared.protocol.codec import DecodeLimits, encode_task
 from shared.protocol.messages import SoftLabelUpload
+from shared.results import RoundRecord, RunResults
 from shared.rounds.aggregator import AggregatorCore, RoundResult, UploadOutcome
 from shared.rounds.client import ClientRuntime
 from shared.rounds.server_model import ServerModel

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import msgpack
 import numpy as np
 import torch
 from torch import Tensor
 
 from shared.errors import DecodeError
 
-__all__ = ["decode_tensor", "encode_tensor"]
+__all__ = ["decode_tensor", "decode_tensor_map", "encode_tensor", "encode_tensor_map"]
 
 _DTYPES: dict[str, tuple[np.dtype[np.generic], torch.dtype]] = {
     "<f4": (np.dtype("<f4"), torch.float32),
@@ -75,3 +76,36 @@ def decode_tensor(
         raise DecodeError(f"{field}: data holds the wrong number of bytes for shape {list(got)}")
     array = np.frombuffer(data, dtype=np_dtype).reshape(got)
     return torch.from_numpy(array.astype(np_dtype.newbyteorder("="), copy=True)).to(torch_dtype)
+
+
+def encode_tensor_map(tensors: Mapping[str, Tensor]) -> bytes:
+    """Pack a name → tensor map (a model state dict, a replica) into msgpack bytes."""
+    packed = msgpack.packb({k: encode_tensor(v) for k, v in tensors.items()}, use_bin_type=True)
+    assert isinstance(packed, bytes)
+    return packed
+
+
+def decode_tensor_map(data: bytes, *, max_elements: int = 2**34) -> dict[str, Tensor]:
+    """Inverse of :func:`encode_tensor_map`; validates every entry.
+
+    Raises:
+        DecodeError: bytes that are not such a map.
+    """
+    try:
+        doc = msgpack.unpackb(data, raw=False)
+    except Exception as e:  # msgpack raises several unrelated exception types
+        raise DecodeError(f"tensor map: not valid msgpack ({type(e).__name__})") from None
+    if not isinstance(doc, dict):
+        raise DecodeError("tensor map: expected a map")
+    out: dict[str, Tensor] = {}
+    for name, obj in doc.items():
+        if not isinstance(obj, Mapping) or not isinstance(obj.get("shape"), list):
+            raise DecodeError(f"tensor map: entry {name!r} is not a tensor")
+        shape = tuple(None for _ in obj["shape"])
+        dtype = obj.get("dtype")
+        if dtype not in _DTYPES:
+            raise DecodeError(f"tensor map: entry {name!r} has dtype {dtype!r}")
+        out[str(name)] = decode_tensor(
+            obj, name, dtype=dtype, shape=shape, max_elements=max_elements
+        )
+    return out

@@ -8,8 +8,10 @@ goes is the caller's business.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from shared.cache_policy import CatchUpDiff, ClientCache, targets_digest
@@ -66,17 +68,28 @@ class ClientRuntime:
             config.model, private.input_shape, num_classes, seed=config.seed * 100_003 + client_id
         )
         self.cache = ClientCache(config.public_size, num_classes) if config.uses_cache else None
+        self.completed_round = -1  # last round whose upload was produced
+        self.last_upload: bytes = b""  # its encoded body, republished if the task comes again
+        self.last_times = PhaseTimes()
 
     def handle(self, task: TrainTask) -> SoftLabelUpload:
-        """Run one round for this client.
+        """Run one round for this client: :meth:`restore_targets`, then :meth:`learn`.
 
         Raises:
             CacheDesync: when the task's signals do not match the replica (the caller
                 resynchronizes the replica and retries).
         """
-        cfg = self.config
-        if task.targets is not None:
-            targets = self.restore_targets(task)
+        return self.learn(task, self.restore_targets(task))
+
+    def learn(self, task: TrainTask, targets: Tensor | None) -> SoftLabelUpload:
+        """Distil on ``targets`` (round t-1's labels), train, predict on the requested samples.
+
+        This is the long part of a round and touches only the model: services run it on a
+        thread of its own while the network thread keeps the broker connection alive.
+        """
+        cfg, times = self.config, PhaseTimes()
+        if task.targets is not None and targets is not None:
+            start = time.perf_counter()
             distill(
                 self.model,
                 self.public[task.targets.indices],
@@ -85,6 +98,8 @@ class ClientRuntime:
                 batch_size=cfg.distill_batch_size,
                 lr=cfg.distill_lr,
             )
+            times.distill = time.perf_counter() - start
+        start = time.perf_counter()
         loss = train_supervised(
             self.model,
             self.private.images,
@@ -94,7 +109,11 @@ class ClientRuntime:
             lr=cfg.lr,
             generator=round_generator(cfg.seed, task.round, _TRAIN_STREAM + self.client_id),
         )
+        times.train = time.perf_counter() - start
+        start = time.perf_counter()
         probs = predict(self.model, self.public[task.request_indices])
+        times.predict = time.perf_counter() - start
+        self.last_times = times
         return SoftLabelUpload(
             run_id=task.run_id,
             round=task.round,
@@ -105,10 +124,18 @@ class ClientRuntime:
             client_accuracy=self._evaluate(task.round),
         )
 
-    def restore_targets(self, task: TrainTask) -> Tensor:
-        """Apply the task's catch-up and signals to the replica; return (n, C) targets."""
+    def restore_targets(self, task: TrainTask) -> Tensor | None:
+        """Apply the task's catch-up and signals to the replica; return (n, C) targets.
+
+        Returns None in round 0 (nothing to distil on yet).
+
+        Raises:
+            CacheDesync: a CACHED entry missing from the replica, or restored targets whose
+                digest differs from the aggregator's. The replica must then be resynced.
+        """
         targets: DistillTargets | None = task.targets
-        assert targets is not None
+        if targets is None:
+            return None
         if targets.signals is None:
             return targets.fresh_labels
         if self.cache is None:
@@ -140,6 +167,12 @@ class ClientRuntime:
         if self.cache is not None:
             state["cache.labels"] = self.cache.labels.clone()
             state["cache.written"] = self.cache.written.clone()
+        state["progress.completed_round"] = torch.tensor([self.completed_round])
+        state["progress.last_upload"] = (
+            torch.frombuffer(bytearray(self.last_upload), dtype=torch.uint8)
+            if self.last_upload
+            else torch.empty(0, dtype=torch.uint8)
+        )
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -151,3 +184,5 @@ class ClientRuntime:
         if self.cache is not None:
             self.cache.labels = state["cache.labels"].clone()
             self.cache.written = state["cache.written"].clone()
+        self.completed_round = int(state["progress.completed_round"][0])
+        self.last_upload = state["progress.last_upload"].numpy().tobytes()

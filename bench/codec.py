@@ -1,0 +1,151 @@
+"""Soft-label codec benchmark on real soft labels.
+
+    python -m bench.codec [--dataset digits|mnist-5k|fashion-mnist] [--rows 1000]
+
+A CNN is trained on the non-public part of the data set; its predictions on ``rows`` public
+examples are the soft labels. The delta case is what SCARLET's cache sees: the predictions
+after one more epoch, coded against the earlier predictions as both sides hold them (the
+earlier labels passed through the same codec, ``roundtrip``).
+
+Columns: bytes per soft-label row (whole msgpack map / N), compression against f32,
+bytes / H where H is the order-0 empirical entropy of the symbols the codec encodes (float
+bit patterns, codes, or q - q_ref; below 1 means the codec exploits more than symbol
+frequencies), max and mean |decoded - input|, top-1 agreement with the input, and encode /
+decode throughput in MB/s of float32 input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import msgpack
+import numpy as np
+import torch
+from torch import Tensor
+
+from shared.data import load_dataset
+from shared.models import build_model
+from shared.protocol.softlabels import (
+    CodecSpec,
+    decode_soft_labels,
+    encode_soft_labels,
+    quantize_simplex,
+    roundtrip,
+)
+from shared.training import evaluate, predict, train_supervised
+
+SETTINGS = [
+    f"{base}{delta}{zstd}"
+    for delta, bases in (
+        ("", ("f32", "f16", "q8", "q6", "q4", "q2")),
+        ("+delta", ("q8", "q6", "q4", "q2")),
+    )
+    for base in bases
+    for zstd in ("", "+zstd")
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dataset", default="digits", choices=["digits", "mnist-5k", "fashion-mnist"]
+    )
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=20, help="epochs before the first prediction")
+    parser.add_argument("--private", type=int, default=4000, help="training examples (at most)")
+    parser.add_argument("--specs", nargs="*", default=SETTINGS, help="codec specs to measure")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    before, after, accuracy = soft_labels(args.dataset, args.rows, args.epochs, args.private)
+    print(
+        f"{args.dataset}: {len(after)} x {after.shape[1]} soft labels, CNN test accuracy "
+        f"{accuracy:.3f}, mean max-probability {after.max(dim=1).values.mean():.3f}, "
+        f"mean |after - before| {(after - before).abs().mean():.4f}"
+    )
+    print(
+        f"{'codec':<16}{'layout':>7}{'B/row':>8}{'x f32':>8}{'B/H':>7}{'max err':>10}"
+        f"{'mean err':>10}{'top1':>7}{'enc MB/s':>10}{'dec MB/s':>10}"
+    )
+    for text in args.specs:
+        print(measure(CodecSpec.parse(text), before, after))
+
+
+def soft_labels(dataset: str, rows: int, epochs: int, private: int) -> tuple[Tensor, Tensor, float]:
+    """(before, after, test accuracy): predictions on ``rows`` public examples."""
+    train, test = load_dataset(dataset)
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(train), generator=generator)
+    if rows >= len(train):
+        raise SystemExit(f"--rows must be below {len(train)} for {dataset}")
+    public, own = order[:rows], order[rows : rows + private]
+    model = build_model("cnn", train.input_shape, train.num_classes, seed=0)
+    images, labels = train.images[own], train.labels[own]
+
+    def fit(count: int) -> Tensor:
+        train_supervised(
+            model, images, labels, epochs=count, batch_size=32, lr=0.05, generator=generator
+        )
+        return predict(model, train.images[public])
+
+    before, after = fit(epochs), fit(1)
+    return before, after, evaluate(model, test.images, test.labels)
+
+
+def measure(spec: CodecSpec, before: Tensor, after: Tensor) -> str:
+    """One table row for ``spec``."""
+    reference = roundtrip(before, spec) if spec.delta else None
+    n, c = after.shape
+    payload = encode_soft_labels(after, spec, reference)
+    wire = len(msgpack.packb(payload))
+    decoded = decode_soft_labels(
+        msgpack.unpackb(msgpack.packb(payload)), reference=reference, max_rows=n, num_classes=c
+    )
+    error = (decoded - after).abs()
+    entropy_bytes = entropy_bits(symbols(spec, after, reference)) / 8
+    mb = after.numel() * 4 / 1e6
+    encode_s = best_time(lambda: encode_soft_labels(after, spec, reference))
+    decode_s = best_time(
+        lambda: decode_soft_labels(payload, reference=reference, max_rows=n, num_classes=c)
+    )
+    top1 = (decoded.argmax(dim=1) == after.argmax(dim=1)).float().mean().item()
+    return (
+        f"{str(spec):<16}{str(payload['layout']):>7}{wire / n:>8.2f}{n * c * 4 / wire:>8.1f}"
+        f"{wire / entropy_bytes if entropy_bytes else float('inf'):>7.2f}"
+        f"{error.max():>10.2e}{error.mean():>10.2e}{top1:>7.3f}"
+        f"{mb / encode_s:>10.1f}{mb / decode_s:>10.1f}"
+    )
+
+
+def symbols(spec: CodecSpec, probs: Tensor, reference: Tensor | None) -> np.ndarray:
+    """What the codec encodes, one symbol per matrix entry."""
+    if spec.kind == "f32":
+        return probs.numpy().view(np.uint32)
+    if spec.kind == "f16":
+        return probs.numpy().astype(np.float16).view(np.uint16)
+    codes = quantize_simplex(probs, spec.bits)
+    if reference is not None:
+        codes = codes - quantize_simplex(reference, spec.bits)
+    return codes.numpy()
+
+
+def entropy_bits(values: np.ndarray) -> float:
+    """Order-0 empirical entropy of all entries, in bits (count times H per symbol)."""
+    _, counts = np.unique(values, return_counts=True)
+    share = counts / counts.sum()
+    return float(-(counts * np.log2(share)).sum())
+
+
+def best_time(call: Callable[[], object], repeats: int = 20) -> float:
+    """Best of ``repeats`` wall-clock timings, in seconds (the least disturbed run)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,413 @@
+"""Compact wire codecs for public-index sets, ordered index lists and small-code vectors.
+
+Every encoder picks the smallest of a few layouts and writes a 1-byte tag in front, so a
+decoder needs no side information beyond the universe size (|P|, the public set size)::
+
+    set   BITMAP      tag 0, ceil(U/8) bytes, bit i (MSB first) set iff i is in the set
+          GAPS        tag 1, varint n, varint first, then varint (gap - 1) per item
+          ELIAS_FANO  tag 2, varint n, n low parts of l bits, unary-coded high parts
+    list  FIXED       tag 0, varint n, n values of bit_length(U - 1) bits each
+          DELTAS      tag 1, varint n, zig-zag varints of successive differences
+          ASCENDING   tag 2, then a set encoding (the list happens to be ascending)
+
+Varints are unsigned LEB128 (canonical: at most 6 bytes, no redundant zero byte). Elias-Fano
+with l = floor(log2(U / n)) costs at most 2 + l bits per item: 1,000 random indices out of
+10,000 take about 660 bytes (5.3 bits per index), against 1,250 for the bitmap and about
+1,000 for the gap varints. Codes are packed MSB first with zero padding in the last byte.
+
+Decoders validate everything (tags, lengths, ranges, uniqueness, padding, trailing bytes)
+and raise only :class:`~shared.errors.DecodeError`, or
+:class:`~shared.errors.MessageTooLarge` when an item count exceeds ``max_items``; counts are
+checked before anything of that size is allocated. Wrong arguments of the caller (not of the
+wire), such as a negative universe, raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor
+
+from shared.errors import DecodeError, MessageTooLarge
+
+__all__ = [
+    "MAX_UNIVERSE",
+    "decode_codes",
+    "decode_index_list",
+    "decode_index_set",
+    "encode_codes",
+    "encode_index_list",
+    "encode_index_set",
+]
+
+_U8 = npt.NDArray[np.uint8]
+_I64 = npt.NDArray[np.int64]
+
+MAX_UNIVERSE = 1 << 40
+"""Largest supported universe: keeps shifts in int64 and varints within 6 bytes."""
+
+_MAX_VARINT_BYTES = 6  # ceil(41 / 7): zig-zag differences need 41 bits
+_MAX_CODE_BITS = 63  # decoded codes must fit int64
+_NOT_INTEGER = (torch.bool, torch.complex64, torch.complex128)
+_SET_BITMAP, _SET_GAPS, _SET_ELIAS_FANO = 0, 1, 2
+_LIST_FIXED, _LIST_DELTAS, _LIST_ASCENDING = 0, 1, 2
+
+
+def encode_codes(codes: Tensor, bits: int) -> bytes:
+    """Pack a vector of small non-negative ints with exactly ``bits`` bits each.
+
+    Args:
+        codes: (M,) integer tensor with values in [0, 2**bits).
+        bits: code width, 1..63.
+
+    Returns:
+        ceil(M * bits / 8) bytes, MSB first, zero padding; no header (the caller knows M).
+
+    Raises:
+        ValueError: for a non-integer or non-1-D tensor, or a value out of range.
+    """
+    _check_width(bits)
+    values = _as_int64(codes, "codes")
+    if values.size and (values.min() < 0 or values.max() >> bits):
+        raise ValueError(f"codes must lie in [0, 2**{bits})")
+    return _pack(values, bits)
+
+
+def decode_codes(data: bytes, bits: int, count: int) -> Tensor:
+    """Inverse of :func:`encode_codes`.
+
+    Args:
+        data: exactly ceil(count * bits / 8) bytes.
+        bits: code width, 1..63.
+        count: M, the number of codes.
+
+    Returns:
+        (M,) int64 tensor with values in [0, 2**bits).
+
+    Raises:
+        DecodeError: when the length is wrong or the padding bits are not zero.
+        ValueError: when bits or count are out of range.
+    """
+    _check_width(bits)
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    return torch.from_numpy(_unpack(_as_bytes(data), bits, count, "codes"))
+
+
+def encode_index_set(indices: Tensor, universe: int) -> bytes:
+    """Encode a set of distinct ints in [0, universe) in the smallest of three layouts.
+
+    Args:
+        indices: (n,) integer tensor of distinct values, any order (the order is lost).
+        universe: U, the exclusive upper bound of the values, 0..MAX_UNIVERSE.
+
+    Returns:
+        The tagged encoding (at most 1 + ceil(U / 8) bytes, the bitmap's size).
+
+    Raises:
+        ValueError: for values out of range, duplicates, or a bad universe.
+    """
+    _check_universe(universe)
+    values = np.sort(_as_int64(indices, "indices"))
+    _check_values(values, universe, "indices")
+    if values.size > 1 and not np.all(np.diff(values) > 0):
+        raise ValueError("indices: duplicates in a set")
+    gaps = np.diff(values, prepend=-1) - 1  # first item, then (gap - 1) >= 0
+    candidates = [
+        bytes([_SET_ELIAS_FANO]) + _encode_elias_fano(values, universe),
+        bytes([_SET_GAPS]) + _varints(np.array([values.size])) + _varints(gaps),
+    ]
+    if 1 + (universe + 7) // 8 <= min(len(c) for c in candidates):
+        bitmap = np.zeros(universe, dtype=np.bool_)
+        bitmap[values] = True
+        return bytes([_SET_BITMAP]) + np.packbits(bitmap).tobytes()
+    return min(candidates, key=len)
+
+
+def decode_index_set(data: bytes, universe: int, *, max_items: int) -> Tensor:
+    """Inverse of :func:`encode_index_set`.
+
+    Args:
+        data: one tagged encoding, nothing after it.
+        universe: U, as given to the encoder.
+        max_items: the largest accepted number of items.
+
+    Returns:
+        (n,) int64 tensor, strictly ascending, values in [0, U).
+
+    Raises:
+        DecodeError: unknown tag, truncated or trailing bytes, non-zero padding, values out
+            of range, duplicates, non-canonical varints.
+        MessageTooLarge: when the set holds more than ``max_items`` items.
+        ValueError: when universe or max_items are out of range.
+    """
+    _check_universe(universe, max_items)
+    buf = _as_bytes(data)
+    if not buf:
+        raise DecodeError("index set: empty data, expected a tag byte")
+    tag, body = buf[0], buf[1:]
+    if tag == _SET_BITMAP:
+        values = _decode_bitmap(body, universe, max_items)
+    elif tag == _SET_GAPS:
+        n, offset = _read_count(body, universe, max_items, "index set")
+        gaps = _decode_varints(np.frombuffer(body, np.uint8, offset=offset), n, "index set")
+        # partial sums strictly increase; the first one past U is exact, so a range check
+        # catches every overflow
+        values = np.cumsum(gaps + 1) - 1
+        _check_decoded_range(values, universe, "index set")
+    elif tag == _SET_ELIAS_FANO:
+        n, offset = _read_count(body, universe, max_items, "index set")
+        values = _decode_elias_fano(body[offset:], n, universe)
+    else:
+        raise DecodeError(f"index set: unknown layout tag {tag}")
+    return torch.from_numpy(values)
+
+
+def encode_index_list(indices: Tensor, universe: int) -> bytes:
+    """Encode an ordered list of distinct ints in [0, universe), keeping the order.
+
+    Args:
+        indices: (n,) integer tensor of distinct values.
+        universe: U, the exclusive upper bound, 0..MAX_UNIVERSE.
+
+    Returns:
+        The smallest tagged encoding: fixed-width codes (random order costs
+        bit_length(U - 1) bits per item), zig-zag difference varints (nearly sorted lists),
+        or a set encoding when the list is ascending.
+
+    Raises:
+        ValueError: for values out of range, duplicates, or a bad universe.
+    """
+    _check_universe(universe)
+    values = _as_int64(indices, "indices")
+    _check_values(values, universe, "indices")
+    if np.unique(values).size != values.size:
+        raise ValueError("indices: duplicates in a list")
+    count = _varints(np.array([values.size]))
+    width = max(1, (universe - 1).bit_length())
+    steps = np.diff(values, prepend=0)
+    candidates = [
+        bytes([_LIST_FIXED]) + count + _pack(values, width),
+        bytes([_LIST_DELTAS]) + count + _varints(np.where(steps >= 0, 2 * steps, -2 * steps - 1)),
+    ]
+    if values.size < 2 or bool(np.all(np.diff(values) > 0)):
+        candidates.append(bytes([_LIST_ASCENDING]) + encode_index_set(indices, universe))
+    return min(candidates, key=len)
+
+
+def decode_index_list(data: bytes, universe: int, *, max_items: int) -> Tensor:
+    """Inverse of :func:`encode_index_list`.
+
+    Args:
+        data: one tagged encoding, nothing after it.
+        universe: U, as given to the encoder.
+        max_items: the largest accepted number of items.
+
+    Returns:
+        (n,) int64 tensor of distinct values in [0, U), in the encoded order.
+
+    Raises:
+        DecodeError: unknown tag, truncated or trailing bytes, values out of range,
+            duplicates, non-canonical varints.
+        MessageTooLarge: when the list holds more than ``max_items`` items.
+        ValueError: when universe or max_items are out of range.
+    """
+    _check_universe(universe, max_items)
+    buf = _as_bytes(data)
+    if not buf:
+        raise DecodeError("index list: empty data, expected a tag byte")
+    tag, body = buf[0], buf[1:]
+    if tag == _LIST_ASCENDING:
+        return decode_index_set(body, universe, max_items=max_items)
+    if tag not in (_LIST_FIXED, _LIST_DELTAS):
+        raise DecodeError(f"index list: unknown layout tag {tag}")
+    n, offset = _read_count(body, universe, max_items, "index list")
+    if tag == _LIST_FIXED:
+        values = _unpack(body[offset:], max(1, (universe - 1).bit_length()), n, "index list")
+    else:
+        zigzag = _decode_varints(np.frombuffer(body, np.uint8, offset=offset), n, "index list")
+        # every step is below 2**41 in magnitude, so the first partial sum out of range is
+        # exact: the range check below also rules out any int64 overflow after it
+        values = np.cumsum((zigzag >> 1) ^ -(zigzag & 1))
+    _check_decoded_range(values, universe, "index list")
+    if np.unique(values).size != values.size:
+        raise DecodeError("index list: duplicate indices")
+    return torch.from_numpy(values)
+
+
+def _encode_elias_fano(values: _I64, universe: int) -> bytes:
+    n = values.size
+    low_bits = _elias_fano_low_bits(n, universe)
+    high = np.zeros(_elias_fano_high_length(n, universe, low_bits), dtype=np.bool_)
+    high[(values >> low_bits) + np.arange(n)] = True  # unary: bucket i's items after i ones
+    low = _pack(values & ((1 << low_bits) - 1), low_bits) if low_bits else b""
+    return _varints(np.array([n])) + low + np.packbits(high).tobytes()
+
+
+def _decode_elias_fano(body: bytes, n: int, universe: int) -> _I64:
+    low_bits = _elias_fano_low_bits(n, universe)
+    high_length = _elias_fano_high_length(n, universe, low_bits)
+    low_length = (n * low_bits + 7) // 8
+    if len(body) != low_length + (high_length + 7) // 8:
+        raise DecodeError(
+            f"index set: Elias-Fano body of {len(body)} bytes, expected "
+            f"{low_length + (high_length + 7) // 8} for {n} items"
+        )
+    low = (
+        _unpack(body[:low_length], low_bits, n, "index set") if low_bits else np.zeros(n, np.int64)
+    )
+    bits = np.unpackbits(np.frombuffer(body, np.uint8, offset=low_length))
+    if bits[high_length:].any():
+        raise DecodeError("index set: non-zero padding bits")
+    ones = np.flatnonzero(bits)
+    if ones.size != n:
+        raise DecodeError(f"index set: {ones.size} high parts, expected {n}")
+    values = ((ones - np.arange(n)) << low_bits) | low
+    if n > 1 and not np.all(np.diff(values) > 0):
+        raise DecodeError("index set: duplicate indices")
+    _check_decoded_range(values, universe, "index set")
+    return values
+
+
+def _elias_fano_low_bits(n: int, universe: int) -> int:
+    return 0 if n == 0 else max(0, (universe // n).bit_length() - 1)
+
+
+def _elias_fano_high_length(n: int, universe: int, low_bits: int) -> int:
+    return n + ((universe - 1) >> low_bits) if universe else n
+
+
+def _decode_bitmap(body: bytes, universe: int, max_items: int) -> _I64:
+    if len(body) != (universe + 7) // 8:
+        raise DecodeError(f"index set: bitmap of {len(body)} bytes, expected {(universe + 7) // 8}")
+    bits = np.unpackbits(np.frombuffer(body, np.uint8))
+    if bits[universe:].any():
+        raise DecodeError("index set: non-zero padding bits")
+    values = np.flatnonzero(bits).astype(np.int64)
+    if values.size > max_items:
+        raise MessageTooLarge(f"index set: {values.size} items, more than {max_items}")
+    return values
+
+
+def _pack(values: _I64, width: int) -> bytes:
+    """Pack (M,) values with ``width`` bits each, MSB first."""
+    if width == 8:
+        return values.astype(np.uint8).tobytes()
+    nbytes = _container_bytes(width)
+    big_endian = values.astype(f">u{nbytes}").view(np.uint8).reshape(-1, nbytes)
+    planes = np.unpackbits(big_endian, axis=1)[:, 8 * nbytes - width :]
+    return np.packbits(planes.ravel()).tobytes()
+
+
+def _unpack(buf: bytes, width: int, count: int, field: str) -> _I64:
+    """Inverse of :func:`_pack`; the length and the padding are checked first."""
+    expected = (count * width + 7) // 8
+    if len(buf) != expected:
+        raise DecodeError(
+            f"{field}: {len(buf)} bytes, expected {expected} for {count} codes of {width} bits"
+        )
+    if width == 8:
+        return np.frombuffer(buf, np.uint8).astype(np.int64)
+    bits = np.unpackbits(np.frombuffer(buf, np.uint8))
+    if bits[count * width :].any():
+        raise DecodeError(f"{field}: non-zero padding bits")
+    nbytes = _container_bytes(width)
+    planes = np.zeros((count, 8 * nbytes), dtype=np.uint8)
+    planes[:, 8 * nbytes - width :] = bits[: count * width].reshape(count, width)
+    return np.packbits(planes, axis=1).view(f">u{nbytes}").ravel().astype(np.int64)
+
+
+def _container_bytes(width: int) -> int:
+    return next(n for n in (1, 2, 4, 8) if 8 * n >= width)
+
+
+def _varints(values: _I64) -> bytes:
+    """Unsigned LEB128 of each non-negative value, concatenated."""
+    values = values.astype(np.int64)
+    lengths = np.ones(values.size, dtype=np.int64)
+    for k in range(1, _MAX_VARINT_BYTES):
+        lengths += values >= (1 << (7 * k))
+    out = np.empty(int(lengths.sum()), dtype=np.uint8)
+    starts = np.cumsum(lengths) - lengths
+    for j in range(int(lengths.max(initial=0))):
+        has = lengths > j
+        more = np.where(lengths[has] - 1 > j, 0x80, 0)
+        out[starts[has] + j] = ((values[has] >> (7 * j)) & 0x7F) | more
+    return out.tobytes()
+
+
+def _decode_varints(buf: _U8, count: int, field: str) -> _I64:
+    """Exactly ``count`` canonical varints filling ``buf``."""
+    if count == 0:
+        if buf.size:
+            raise DecodeError(f"{field}: {buf.size} trailing bytes")
+        return np.zeros(0, dtype=np.int64)
+    ends = np.flatnonzero(buf < 0x80)  # the last byte of each varint
+    if ends.size != count or ends[-1] != buf.size - 1:
+        raise DecodeError(
+            f"{field}: {ends.size} complete varints in {buf.size} bytes, expected {count}"
+        )
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if lengths.max() > _MAX_VARINT_BYTES:
+        raise DecodeError(f"{field}: varint longer than {_MAX_VARINT_BYTES} bytes")
+    if np.any((lengths > 1) & (buf[ends] == 0)):
+        raise DecodeError(f"{field}: non-canonical varint (redundant zero byte)")
+    values = np.zeros(count, dtype=np.int64)
+    for j in range(int(lengths.max())):
+        has = lengths > j
+        values[has] |= (buf[starts[has] + j] & 0x7F).astype(np.int64) << (7 * j)
+    return values
+
+
+def _read_count(body: bytes, universe: int, max_items: int, field: str) -> tuple[int, int]:
+    """Read the leading item-count varint; return (count, bytes consumed)."""
+    count = 0
+    for j, byte in enumerate(body[:_MAX_VARINT_BYTES]):
+        count |= (byte & 0x7F) << (7 * j)
+        if byte < 0x80:
+            if j and byte == 0:
+                raise DecodeError(f"{field}: non-canonical item count")
+            if count > max_items:
+                raise MessageTooLarge(f"{field}: {count} items, more than {max_items}")
+            if count > universe:
+                raise DecodeError(f"{field}: {count} distinct items cannot fit in {universe}")
+            return count, j + 1
+    raise DecodeError(f"{field}: truncated or overlong item count")
+
+
+def _check_decoded_range(values: _I64, universe: int, field: str) -> None:
+    if values.size and (values.min() < 0 or values.max() >= universe):
+        raise DecodeError(f"{field}: index out of range [0, {universe})")
+
+
+def _check_values(values: _I64, universe: int, field: str) -> None:
+    if values.size and (values.min() < 0 or values.max() >= universe):
+        raise ValueError(f"{field}: values must lie in [0, {universe})")
+
+
+def _check_universe(universe: int, max_items: int = 0) -> None:
+    if not 0 <= universe <= MAX_UNIVERSE:
+        raise ValueError(f"universe must lie in [0, {MAX_UNIVERSE}], got {universe}")
+    if max_items < 0:
+        raise ValueError(f"max_items must be >= 0, got {max_items}")
+
+
+def _check_width(bits: int) -> None:
+    if not 1 <= bits <= _MAX_CODE_BITS:
+        raise ValueError(f"bits must lie in [1, {_MAX_CODE_BITS}], got {bits}")
+
+
+def _as_int64(tensor: Tensor, field: str) -> _I64:
+    if tensor.dim() != 1 or tensor.dtype in _NOT_INTEGER or tensor.dtype.is_floating_point:
+        raise ValueError(
+            f"{field}: expected a 1-D integer tensor, got {tensor.dtype} {tuple(tensor.shape)}"
+        )
+    return tensor.detach().cpu().to(torch.int64).numpy()
+
+
+def _as_bytes(data: object) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}")
+    return bytes(data)

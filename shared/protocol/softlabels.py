@@ -1,0 +1,541 @@
+"""Soft-label matrix codec: float32, float16, or sum-preserving quantization of the simplex.
+
+A payload is a msgpack-ready map that describes itself::
+
+    {"spec": "q8+delta+zstd", "n": N, "c": C, "layout": "sparse", "nnz": K, "data": b"..."}
+
+``layout`` is ``raw`` for f32/f16 (little-endian ``<f4``/``<f2``, row-major) and ``dense``
+or ``sparse`` for quant; ``nnz`` appears only with ``sparse``. With ``zstd`` the data are
+one zstd frame that must declare its content size (empty data travel without a frame).
+
+Quant codes each row as ints summing exactly to L = 2**bits - 1 (:func:`quantize_simplex`).
+One entry per row is redundant (it is L minus the others), so it is dropped: without delta
+the row's argmax, whose column is sent in ceil(log2 C) bits; with delta the argmax column
+of the reference row, which both sides know, so it costs nothing. The remaining N * (C - 1)
+symbols (codes, or zig-zag deltas q - q_ref of bits + 1 bits) go out in whichever layout is
+smaller, measured after zstd when zstd is on:
+
+* ``dense``: every symbol packed with its exact width;
+* ``sparse``: the non-zero symbols minus 1, packed, then the set of their positions as an
+  :mod:`~shared.protocol.indexsets` set encoding (Elias-Fano, bitmap or gaps).
+
+Why: soft labels are peaked, so most codes (and almost all deltas) are 0. On a digits CNN's
+soft labels (1,000 x 10, ``python -m bench.codec``) dropping the redundant entry saves 13%
+(q8) to 38% (q2+delta+zstd), 19% for q8+zstd; sparse wins for every setting measured there;
+a delta of zero costs 2 bytes (11 with zstd) for the whole matrix.
+
+The decoder checks types, the spec, N against ``max_rows`` and C against ``num_classes``,
+and every length against what N, C and the bits allow before it allocates or decompresses
+anything (a zstd frame's declared size is checked against that bound, and decompression is
+capped by it). It raises only :class:`~shared.errors.DecodeError` and, for N over
+``max_rows``, :class:`~shared.errors.MessageTooLarge`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import zstandard
+from torch import Tensor
+
+from shared.errors import DecodeError, MessageTooLarge
+from shared.protocol.indexsets import (
+    decode_codes,
+    decode_index_set,
+    encode_codes,
+    encode_index_set,
+)
+
+__all__ = [
+    "CodecSpec",
+    "decode_soft_labels",
+    "dequantize_simplex",
+    "encode_soft_labels",
+    "quantize_simplex",
+    "roundtrip",
+]
+
+_F32 = npt.NDArray[np.float32]
+_I64 = npt.NDArray[np.int64]
+
+_GRAMMAR = "SPEC := (f32 | f16 | q<2..8>[+delta]) [+zstd[<level 1..22>]], e.g. q6+delta+zstd"
+_SPEC_PATTERN = re.compile(r"(f32|f16|q([0-9]))(\+delta)?(\+zstd([0-9]{1,2})?)?")
+_ACCEPT_TOLERANCE = 1e-3  # largest |row sum - 1| accepted from an encoder's float input
+# decoded float rows whose float64 sum is this close to 1 pass unchanged, so f32 is exact
+# for torch's float32 softmax rows (measured up to 7e-7 off, C = 10..1000)
+_PASS_TOLERANCE = 1e-6
+_INPUT_SLACK = 1e-6  # error bounds hold for inputs whose rows sum to 1 within this
+_DEFAULT_LEVEL = 3
+_F32_ROUNDING = 1 / 2**24  # largest error of rounding a value in [0, 1] to float32
+
+
+@dataclass(frozen=True, slots=True)
+class CodecSpec:
+    """How a soft-label matrix is coded; its string form goes on the wire.
+
+    The grammar: ``(f32 | f16 | q<2..8>[+delta]) [+zstd[<level 1..22>]]``.
+
+    Attributes:
+        kind: ``f32`` (exact), ``f16``, or ``quant`` (``bits``-bit simplex codes).
+        bits: code width 2..8 for quant; 8 (unused) otherwise.
+        delta: quant only: code q - q_ref against a reference both sides hold.
+        entropy: ``zstd`` compresses the data bytes; ``none`` leaves them.
+        level: zstd level 1..22 (encoder only; 3 unless ``entropy`` is zstd).
+
+    Raises:
+        ValueError: for any combination outside the grammar.
+    """
+
+    kind: Literal["f32", "f16", "quant"]
+    bits: int = 8
+    delta: bool = False
+    entropy: Literal["none", "zstd"] = "none"
+    level: int = _DEFAULT_LEVEL
+
+    def __post_init__(self) -> None:
+        quant = self.kind == "quant"
+        if self.kind not in ("f32", "f16", "quant") or self.entropy not in ("none", "zstd"):
+            raise ValueError(f"unknown kind or entropy coder; {_GRAMMAR}")
+        if (quant and not 2 <= self.bits <= 8) or (not quant and (self.bits != 8 or self.delta)):
+            raise ValueError(f"bits 2..8 and delta apply to quant only; {_GRAMMAR}")
+        zstd = self.entropy == "zstd"
+        if (zstd and not 1 <= self.level <= 22) or (not zstd and self.level != _DEFAULT_LEVEL):
+            raise ValueError(f"zstd level must lie in 1..22; {_GRAMMAR}")
+
+    @classmethod
+    def parse(cls, text: str) -> CodecSpec:
+        """Parse ``f32``, ``f16``, ``q4``, ``q8+delta``, ``q6+delta+zstd``, ``f16+zstd19``.
+
+        Raises:
+            ValueError: when ``text`` does not follow the grammar (the message quotes it).
+        """
+        match = _SPEC_PATTERN.fullmatch(text)
+        if match is None:
+            raise ValueError(f"bad codec spec {text!r}; {_GRAMMAR}")
+        base, bits, delta, zstd, level = match.groups()
+        entropy: Literal["none", "zstd"] = "zstd" if zstd else "none"
+        level_value = int(level) if level else _DEFAULT_LEVEL
+        if bits is None:
+            kind: Literal["f32", "f16"] = "f32" if base == "f32" else "f16"
+            return cls(kind, delta=bool(delta), entropy=entropy, level=level_value)
+        return cls("quant", int(bits), bool(delta), entropy, level_value)
+
+    def __str__(self) -> str:
+        text = f"q{self.bits}" if self.kind == "quant" else self.kind
+        text += "+delta" if self.delta else ""
+        if self.entropy == "zstd":
+            text += "+zstd" + ("" if self.level == _DEFAULT_LEVEL else str(self.level))
+        return text
+
+    def max_abs_error(self, num_classes: int) -> float:
+        """Bound on |decoded - input| per entry, for input rows summing to 1 within 1e-6.
+
+        f32: 1e-6; exactly 0 when the float64 row sum is within 1e-6 of 1.
+        f16: (2u + (C + 1) 2**-25) / (1 - u - C 2**-25) + 2**-24 + 1e-6 with u = 2**-11
+        (half-precision rounding of every entry, then renormalization of the row).
+        quant: 1/L + 2**-24 + 1e-6 with L = 2**bits - 1: largest-remainder rounding moves
+        every scaled entry by less than one code; 2**-24 is float32 output rounding.
+
+        Args:
+            num_classes: C, the row length (>= 1).
+
+        Raises:
+            ValueError: when num_classes < 1.
+        """
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if self.kind == "f32":
+            return _INPUT_SLACK
+        if self.kind == "f16":
+            unit, tiny = 1 / 2**11, num_classes / 2**25
+            return (2 * unit + tiny + 1 / 2**25) / (1 - unit - tiny) + _F32_ROUNDING + _INPUT_SLACK
+        return 1 / ((1 << self.bits) - 1) + _F32_ROUNDING + _INPUT_SLACK
+
+
+def quantize_simplex(probs: Tensor, bits: int) -> Tensor:
+    """Sum-preserving quantization of probability rows to ``bits``-bit integer codes.
+
+    Each row is normalized (float64), scaled by L = 2**bits - 1 and floored; the missing
+    units go to the largest remainders, ties to the lower class index (Hamilton's method).
+    Every code is therefore the floor or the ceiling of L p, so |code / L - p| < 1 / L.
+
+    Args:
+        probs: (N, C) finite, non-negative rows with a positive sum.
+        bits: 2..8.
+
+    Returns:
+        (N, C) int64 codes in [0, L], each row summing exactly to L.
+
+    Raises:
+        ValueError: on a bad shape, bits, negative or non-finite values, or an all-zero row.
+    """
+    _check_bits(bits)
+    return torch.from_numpy(_quantize(_normalized(_float_rows(probs, "probs")), (1 << bits) - 1))
+
+
+def dequantize_simplex(codes: Tensor, bits: int) -> Tensor:
+    """Codes / L as float32: the exact inverse map of :func:`quantize_simplex`'s grid.
+
+    Args:
+        codes: (N, C) integer codes in [0, L], rows summing to L = 2**bits - 1.
+        bits: 2..8.
+
+    Returns:
+        (N, C) float32 rows on the simplex (sums within 2**-24 of 1).
+
+    Raises:
+        ValueError: on a bad shape, codes out of range, or rows not summing to L.
+    """
+    _check_bits(bits)
+    levels = (1 << bits) - 1
+    if codes.dim() != 2 or codes.dtype.is_floating_point or codes.dtype == torch.bool:
+        raise ValueError(f"codes: expected an (N, C) integer tensor, got {codes.dtype}")
+    values = codes.detach().cpu().to(torch.int64).numpy()
+    if values.size and (values.min() < 0 or values.max() > levels):
+        raise ValueError(f"codes: values must lie in [0, {levels}]")
+    if np.any(values.sum(axis=1) != levels):
+        raise ValueError(f"codes: rows must sum to {levels}")
+    return torch.from_numpy(_dequantize(values, levels))
+
+
+def encode_soft_labels(
+    probs: Tensor, spec: CodecSpec, reference: Tensor | None = None
+) -> dict[str, object]:
+    """Encode soft labels as a self-describing msgpack-ready map (see the module docstring).
+
+    Args:
+        probs: (N, C) float rows on the simplex (sums within 1e-3 of 1), cast to float32.
+        spec: the codec.
+        reference: (N, C) rows both sides hold, used only with ``spec.delta``; None means
+            the uniform rows 1/C. Pass the values the receiver holds bit for bit (normally
+            an earlier :func:`roundtrip` result).
+
+    Returns:
+        ``{"spec", "n", "c", "layout", ["nnz"], "data"}`` with str, int and bytes values.
+
+    Raises:
+        ValueError: for rows off the simplex, or a reference of the wrong shape.
+    """
+    values = _simplex_rows(probs)
+    n, c = values.shape
+    header: dict[str, object] = {"spec": str(spec), "n": n, "c": c}
+    if spec.kind != "quant":
+        raw = values.astype("<f4" if spec.kind == "f32" else "<f2").tobytes()
+        return header | {"layout": "raw", "data": _compress(raw, spec)}
+    codes = _quantize(_normalized(values), (1 << spec.bits) - 1)
+    if spec.delta:
+        base = _reference_codes(reference, n, c, spec.bits, ValueError)
+        prefix, symbols = b"", _zigzag(_drop(codes - base, base.argmax(axis=1)))
+    else:
+        argmax = codes.argmax(axis=1)
+        prefix, symbols = _encode(argmax, _argmax_bits(c)), _drop(codes, argmax)
+    return header | _smaller_layout(prefix, symbols, spec)
+
+
+def decode_soft_labels(
+    payload: Mapping[str, object],
+    *,
+    reference: Tensor | None = None,
+    max_rows: int,
+    num_classes: int,
+) -> Tensor:
+    """Decode and validate a payload of :func:`encode_soft_labels`.
+
+    Args:
+        payload: the map as unpacked from msgpack.
+        reference: the (N, C) rows the encoder used with delta (None: uniform).
+        max_rows: the largest accepted N.
+        num_classes: the required C.
+
+    Returns:
+        (N, C) float32, rows non-negative and summing to 1 within 1e-6; float rows whose
+        float64 sum is off by more than 1e-6 (but at most 1e-3) are renormalized.
+
+    Raises:
+        ValueError: when max_rows < 0 or num_classes < 1 (arguments, not the payload).
+        DecodeError: naming the field, for a wrong type, unknown or missing key, bad spec,
+            C != num_classes, a length inconsistent with N, C and the bits, a bad zstd
+            frame, codes out of range, non-finite or negative values, row sums off by more
+            than 1e-3, or a reference whose shape is not (N, C).
+        MessageTooLarge: when N > max_rows.
+    """
+    if max_rows < 0 or num_classes < 1:
+        raise ValueError(f"need max_rows >= 0 and num_classes >= 1, got {max_rows}, {num_classes}")
+    spec, n, c, layout = _read_header(payload, max_rows, num_classes)
+    data = payload["data"]
+    if not isinstance(data, bytes):
+        raise DecodeError(f"data: expected bytes, got {type(data).__name__}")
+    if spec.kind != "quant":
+        itemsize = 4 if spec.kind == "f32" else 2
+        raw = _decompress(data, spec, n * c * itemsize, exact=True)
+        values = np.frombuffer(raw, "<f4" if itemsize == 4 else "<f2").astype(np.float32)
+        return torch.from_numpy(_checked_float_rows(values.reshape(n, c)))
+    return torch.from_numpy(_decode_quant(payload, data, spec, n, c, layout, reference))
+
+
+def roundtrip(probs: Tensor, spec: CodecSpec, reference: Tensor | None = None) -> Tensor:
+    """What the receiver decodes, bit for bit, computed without the bytes.
+
+    Args:
+        probs: as for :func:`encode_soft_labels`.
+        spec: the codec.
+        reference: as for :func:`encode_soft_labels` (quantization does not depend on it,
+            but its shape is checked the same way).
+
+    Returns:
+        (N, C) float32 equal to ``decode_soft_labels(encode_soft_labels(...))``.
+
+    Raises:
+        ValueError: as :func:`encode_soft_labels`.
+    """
+    values = _simplex_rows(probs)
+    if spec.kind == "f32":
+        return torch.from_numpy(_finish_rows(values.copy()))
+    if spec.kind == "f16":
+        return torch.from_numpy(_finish_rows(values.astype(np.float16).astype(np.float32)))
+    if spec.delta:
+        _reference_codes(reference, len(values), values.shape[1], spec.bits, ValueError)
+    levels = (1 << spec.bits) - 1
+    return torch.from_numpy(_dequantize(_quantize(_normalized(values), levels), levels))
+
+
+def _smaller_layout(prefix: bytes, symbols: _I64, spec: CodecSpec) -> dict[str, object]:
+    """The payload fields of the dense or the sparse layout, whichever is smaller."""
+    width = spec.bits + spec.delta  # zig-zag deltas lie in [0, 2 L]: one bit more
+    nonzero = np.flatnonzero(symbols)
+    sparse = _encode(symbols[nonzero] - 1, width)
+    sparse += encode_index_set(torch.from_numpy(nonzero), symbols.size)
+    dense = _compress(prefix + _encode(symbols, width), spec)
+    sparse = _compress(prefix + sparse, spec)
+    if len(dense) <= len(sparse):
+        return {"layout": "dense", "data": dense}
+    return {"layout": "sparse", "nnz": int(nonzero.size), "data": sparse}
+
+
+def _read_header(
+    payload: Mapping[str, object], max_rows: int, num_classes: int
+) -> tuple[CodecSpec, int, int, str]:
+    if not isinstance(payload, Mapping):
+        raise DecodeError(f"soft labels: expected a map, got {type(payload).__name__}")
+    text = payload.get("spec")
+    if not isinstance(text, str) or len(text) > 32:
+        raise DecodeError("spec: expected a codec spec string")
+    try:
+        spec = CodecSpec.parse(text)
+    except ValueError as error:
+        raise DecodeError(f"spec: {error}") from None
+    layout = payload.get("layout")
+    allowed = ("raw",) if spec.kind != "quant" else ("dense", "sparse")
+    if layout not in allowed:
+        raise DecodeError(f"layout: expected one of {allowed} for {text}, got {layout!r}")
+    keys = {"spec", "n", "c", "layout", "data"} | ({"nnz"} if layout == "sparse" else set())
+    if set(payload) != keys:
+        raise DecodeError(
+            f"soft labels: fields {sorted(map(str, payload))}, expected {sorted(keys)}"
+        )
+    n, c = _int_field(payload, "n"), _int_field(payload, "c")
+    if n > max_rows:
+        raise MessageTooLarge(f"n: {n} rows, more than {max_rows}")
+    if c != num_classes:
+        raise DecodeError(f"c: {c} classes, expected {num_classes}")
+    return spec, n, c, str(layout)
+
+
+def _decode_quant(
+    payload: Mapping[str, object],
+    data: bytes,
+    spec: CodecSpec,
+    n: int,
+    c: int,
+    layout: str,
+    reference: Tensor | None,
+) -> _F32:
+    levels, width, count = (1 << spec.bits) - 1, spec.bits + spec.delta, n * (c - 1)
+    prefix = 0 if spec.delta else (n * _argmax_bits(c) + 7) // 8
+    if layout == "dense":
+        raw = _decompress(data, spec, prefix + (count * width + 7) // 8, exact=True)
+        symbols = _decode(raw[prefix:], width, count)
+    else:
+        nnz = _int_field(payload, "nnz")
+        if nnz > count:
+            raise DecodeError(f"nnz: {nnz} non-zero symbols, more than the {count} coded")
+        packed = (nnz * width + 7) // 8
+        # the encoder's position set is never larger than its bitmap: 1 + ceil(count / 8)
+        raw = _decompress(data, spec, prefix + packed + 1 + (count + 7) // 8, exact=False)
+        symbols = np.zeros(count, dtype=np.int64)
+        try:
+            positions = decode_index_set(raw[prefix + packed :], count, max_items=nnz).numpy()
+        except (DecodeError, MessageTooLarge) as error:
+            raise DecodeError(f"data: non-zero positions: {error}") from None
+        if positions.size != nnz:
+            raise DecodeError(f"data: {positions.size} non-zero positions, nnz says {nnz}")
+        symbols[positions] = _decode(raw[prefix : prefix + packed], width, nnz) + 1
+    if spec.delta:
+        base = _reference_codes(reference, n, c, spec.bits, DecodeError)
+        codes = base + _undrop((symbols >> 1) ^ -(symbols & 1), base.argmax(axis=1), c, 0)
+    else:
+        argmax = _decode(raw[:prefix], _argmax_bits(c), n)
+        if argmax.size and argmax.max() >= c:
+            raise DecodeError(f"data: argmax column out of range [0, {c})")
+        codes = _undrop(symbols, argmax, c, levels)
+    if codes.size and (codes.min() < 0 or codes.max() > levels):
+        raise DecodeError(f"data: codes out of range [0, {levels}]")
+    return _dequantize(codes, levels)
+
+
+def _quantize(values: npt.NDArray[np.float64], levels: int) -> _I64:
+    """Largest-remainder rounding of (N, C) rows that sum to 1 onto the grid 1/L."""
+    scaled = values * levels
+    floors = np.floor(scaled)
+    missing = levels - floors.sum(axis=1).astype(np.int64)  # in [0, C] for rows summing to 1
+    order = np.argsort(floors - scaled, axis=1, kind="stable")  # largest remainder first
+    bonus = np.zeros_like(order)
+    ranks = np.broadcast_to(np.arange(values.shape[1]), order.shape)
+    np.put_along_axis(bonus, order, ranks < missing[:, None], axis=1)
+    return floors.astype(np.int64) + bonus
+
+
+def _dequantize(codes: _I64, levels: int) -> _F32:
+    return (codes / levels).astype(np.float32)
+
+
+def _drop(matrix: _I64, columns: _I64) -> _I64:
+    """(N, C) -> N * (C - 1) symbols, row-major, without each row's given column."""
+    keep = np.ones(matrix.shape, dtype=np.bool_)
+    keep[np.arange(matrix.shape[0]), columns] = False
+    return matrix[keep]
+
+
+def _undrop(symbols: _I64, columns: _I64, c: int, total: int) -> _I64:
+    """Inverse of :func:`_drop`: the dropped entry makes each row sum to ``total``."""
+    n = columns.size
+    matrix = np.zeros((n, c), dtype=np.int64)
+    keep = np.ones(matrix.shape, dtype=np.bool_)
+    keep[np.arange(n), columns] = False
+    matrix[keep] = symbols
+    matrix[np.arange(n), columns] = total - matrix.sum(axis=1)
+    return matrix
+
+
+def _zigzag(values: _I64) -> _I64:
+    return np.where(values >= 0, 2 * values, -2 * values - 1)
+
+
+def _reference_codes(
+    reference: Tensor | None, n: int, c: int, bits: int, error: type[Exception]
+) -> _I64:
+    """Quantized reference rows; an earlier decoded value re-quantizes to its own codes."""
+    if reference is None:
+        return _quantize(np.full((n, c), 1.0 / c), (1 << bits) - 1)
+    if tuple(reference.shape) != (n, c):
+        raise error(f"reference: shape {tuple(reference.shape)}, expected ({n}, {c})")
+    return _quantize(_normalized(_float_rows(reference, "reference")), (1 << bits) - 1)
+
+
+def _compress(raw: bytes, spec: CodecSpec) -> bytes:
+    if spec.entropy == "none" or not raw:  # see _decompress: no frame for nothing
+        return raw
+    return zstandard.ZstdCompressor(level=spec.level, write_content_size=True).compress(raw)
+
+
+def _decompress(data: bytes, spec: CodecSpec, limit: int, *, exact: bool) -> bytes:
+    """The raw bytes, at most ``limit`` of them (exactly ``limit`` when ``exact``)."""
+    if spec.entropy == "zstd" and data:
+        try:
+            declared = zstandard.frame_content_size(data)
+        except zstandard.ZstdError:
+            raise DecodeError("data: not a zstd frame") from None
+        # never let the frame choose the allocation: python-zstandard trusts its header.
+        # It also returns b"" for a declared 0 without reading on, so empty data travels
+        # without a frame and a frame must declare at least one byte.
+        if declared <= 0:
+            raise DecodeError("data: the zstd frame does not declare a content size >= 1")
+        if declared > limit:
+            raise DecodeError(f"data: zstd frame declares {declared} bytes, limit {limit}")
+        try:
+            data = zstandard.ZstdDecompressor().decompress(
+                data, max_output_size=limit, allow_extra_data=False
+            )
+        except zstandard.ZstdError as error:
+            raise DecodeError(f"data: bad zstd frame ({error})") from None
+    if len(data) > limit or (exact and len(data) != limit):
+        raise DecodeError(f"data: {len(data)} bytes, expected {'' if exact else '<= '}{limit}")
+    return data
+
+
+def _checked_float_rows(values: _F32) -> _F32:
+    if not np.all(np.isfinite(values)):
+        raise DecodeError("data: non-finite probabilities")
+    if np.any(values < 0):
+        raise DecodeError("data: negative probabilities")
+    if np.any(np.abs(values.sum(axis=1, dtype=np.float64) - 1) > _ACCEPT_TOLERANCE):
+        raise DecodeError(f"data: a row does not sum to 1 within {_ACCEPT_TOLERANCE}")
+    return _finish_rows(values)
+
+
+def _finish_rows(values: _F32) -> _F32:
+    """Renormalize, in place, the rows whose sum is off by more than _PASS_TOLERANCE."""
+    sums = values.sum(axis=1, dtype=np.float64)
+    off = np.abs(sums - 1) > _PASS_TOLERANCE
+    values[off] = (values[off] / sums[off, None]).astype(np.float32)
+    return values
+
+
+def _float_rows(tensor: Tensor, field: str) -> _F32:
+    if tensor.dim() != 2 or not tensor.dtype.is_floating_point:
+        raise ValueError(f"{field}: expected an (N, C) float tensor, got {tensor.dtype}")
+    if tensor.shape[1] < 1:
+        raise ValueError(f"{field}: need at least one class")
+    values = tensor.detach().cpu().to(torch.float32).numpy()
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError(f"{field}: values must be finite and non-negative")
+    return values
+
+
+def _normalized(values: _F32) -> npt.NDArray[np.float64]:
+    """Rows divided by their float64 sums: _quantize needs sums of 1 to within float64."""
+    sums = values.sum(axis=1, keepdims=True, dtype=np.float64)
+    if np.any(sums <= 0):
+        raise ValueError("every row needs a positive sum")
+    normalized: npt.NDArray[np.float64] = values / sums
+    return normalized
+
+
+def _simplex_rows(probs: Tensor) -> _F32:
+    values = _float_rows(probs, "probs")
+    if np.any(np.abs(values.sum(axis=1, dtype=np.float64) - 1) > _ACCEPT_TOLERANCE):
+        raise ValueError(f"probs: rows must sum to 1 within {_ACCEPT_TOLERANCE}")
+    return values
+
+
+def _int_field(payload: Mapping[str, object], field: str) -> int:
+    value = payload[field]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DecodeError(f"{field}: expected a non-negative int, got {value!r:.40}")
+    return value
+
+
+def _check_bits(bits: int) -> None:
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must lie in 2..8, got {bits}")
+
+
+def _argmax_bits(c: int) -> int:
+    return max(1, (c - 1).bit_length())
+
+
+def _encode(values: _I64, width: int) -> bytes:
+    return encode_codes(torch.from_numpy(values), width)
+
+
+def _decode(raw: bytes, width: int, count: int) -> _I64:
+    try:
+        return decode_codes(raw, width, count).numpy()
+    except DecodeError as error:
+        raise DecodeError(f"data: {error}") from None

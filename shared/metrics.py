@@ -27,6 +27,7 @@ class Metrics:
     baseline_bytes_total: Counter
     paper_bytes_total: Counter
     bytes_saved_total: Counter
+    bytes_overhead_total: Counter
     soft_labels_total: Counter
     cache_hits_total: Counter
     cache_misses_total: Counter
@@ -74,6 +75,12 @@ class Metrics:
             bytes_saved_total=Counter(
                 "scarlet_bytes_saved",
                 "Bytes saved against the DS-FL float32 baseline",
+                ["reason"],
+                registry=r,
+            ),
+            bytes_overhead_total=Counter(
+                "scarlet_bytes_overhead",
+                "Bytes spent above the DS-FL float32 baseline (negative savings)",
                 ["reason"],
                 registry=r,
             ),

@@ -1,61 +1,187 @@
-"""Turn one task delivery into a published upload: decode, run the client, publish, ack.
+"""One task delivery → one published upload, in two halves.
 
-The order is the at-least-once contract: the upload is published (and confirmed) before
-the task is acked, so a crash in between redelivers the task and the aggregator drops the
-duplicate upload.
+:meth:`TaskHandler.prepare` runs on the thread that owns the broker connection: it decodes
+the task, deduplicates redeliveries and restores the distillation targets (resyncing the
+cache replica over RPC when it is out of step). :meth:`TaskHandler.learn` is the long,
+pure-compute half (distil, train, predict) and may run on another thread.
+:meth:`TaskHandler.finish` publishes the upload (confirmed), saves the client's state and
+only then acks the task: at-least-once, with the aggregator dropping duplicates.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol
+
+from torch import Tensor
 
 from shared.errors import CacheDesync, ProtocolError
+from shared.metrics import Metrics
 from shared.protocol.codec import DecodeLimits, decode_task, encode_upload
 from shared.protocol.messages import SoftLabelUpload, TrainTask
 from shared.protocol.routes import uploads_queue
 from shared.rounds.client import ClientRuntime
 from shared.transport.base import Delivery, Transport
 
-__all__ = ["HandledTask", "handle_delivery"]
+__all__ = ["Job", "Resync", "RuntimeProvider", "TaskHandler"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class HandledTask:
-    """What became of one delivery."""
+class RuntimeProvider(Protocol):
+    """Where client runtimes come from (pinned: one in memory; pool: a state store)."""
 
-    task: TrainTask | None
-    upload: SoftLabelUpload | None
-    upload_bytes: int
-    error: str = ""
+    def get(self, client_id: int) -> ClientRuntime | None:
+        """The runtime of ``client_id``, or None if this worker does not serve it."""
+
+    def save(self, runtime: ClientRuntime) -> None:
+        """Persist the runtime after a task (model, replica, progress)."""
 
 
-def handle_delivery(
-    delivery: Delivery,
-    runtime: ClientRuntime,
-    transport: Transport,
-    limits: DecodeLimits,
-) -> HandledTask:
-    """Process one task delivery for ``runtime``.
+class Resync(Protocol):
+    """Brings a client's cache replica back in step with the global cache."""
 
-    A task that does not decode is dead-lettered (it will never decode); a cache desync is
-    rejected with requeue so that the caller can resynchronize and see it again.
+    def resync(self, runtime: ClientRuntime, task: TrainTask) -> bool:
+        """Install the global cache; False when the task is stale (the federation moved on)."""
+
+
+@dataclass
+class Job:
+    """A decoded task ready for :meth:`TaskHandler.learn`."""
+
+    delivery: Delivery
+    task: TrainTask
+    runtime: ClientRuntime
+    targets: Tensor | None
+    upload: SoftLabelUpload | None = None
+
+
+class TaskHandler:
+    """The worker's handling of task deliveries, shared by every worker mode.
+
+    Args:
+        provider: client runtimes.
+        transport: to publish uploads on (owned by the calling thread).
+        limits: decoder limits.
+        resync: replica repair (None: a desync requeues the task).
+        metrics: metric catalogue.
     """
-    try:
-        task = decode_task(delivery.body, limits)
-    except ProtocolError as e:
-        logger.warning("handle: dead-lettering undecodable task: %s", e)
-        delivery.reject(requeue=False, reason=str(e)[:200])
-        return HandledTask(None, None, 0, error=str(e))
-    try:
-        upload = runtime.handle(task)
-    except CacheDesync as e:
-        logger.warning("handle: round=%s client=%s cache desync: %s", task.round, task.client_id, e)
-        delivery.reject(requeue=True, reason="cache desync")
-        return HandledTask(task, None, 0, error=str(e))
-    body = encode_upload(upload)
-    transport.publish("", uploads_queue(task.run_id), body, {"kind": "upload"})
-    delivery.ack()
-    return HandledTask(task, upload, len(body))
+
+    def __init__(
+        self,
+        provider: RuntimeProvider,
+        transport: Transport,
+        limits: DecodeLimits,
+        resync: Resync | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.provider = provider
+        self.transport = transport
+        self.limits = limits
+        self.resync = resync
+        self.metrics = metrics or Metrics.create()
+
+    def handle(self, delivery: Delivery) -> SoftLabelUpload | None:
+        """All three halves on the calling thread (the embedded simulation's path)."""
+        job = self.prepare(delivery)
+        if job is None:
+            return None
+        self.learn(job)
+        return self.finish(job)
+
+    def prepare(self, delivery: Delivery) -> Job | None:
+        """Decode, deduplicate and restore; None when the delivery is already settled."""
+        try:
+            task = decode_task(delivery.body, self.limits)
+        except ProtocolError as e:
+            logger.warning("handle: dead-lettering undecodable task: %s", e)
+            delivery.reject(requeue=False, reason=str(e)[:200])
+            self._count("invalid")
+            self.metrics.dead_letters_total.labels(kind="task").inc()
+            return None
+        runtime = self.provider.get(task.client_id)
+        if runtime is None:
+            logger.warning(
+                "handle: round=%s client=%s is not served here", task.round, task.client_id
+            )
+            delivery.reject(requeue=False, reason=f"client {task.client_id} not served here")
+            self._count("foreign")
+            return None
+        if task.round <= runtime.completed_round:
+            self._answer_again(delivery, task, runtime)
+            return None
+        try:
+            targets = self._restore(task, runtime)
+        except CacheDesync as e:
+            logger.warning(
+                "handle: round=%s client=%s cannot restore: %s", task.round, task.client_id, e
+            )
+            delivery.reject(requeue=True, reason="cache desync")
+            self._count("desync")
+            return None
+        if targets is _STALE:
+            delivery.ack()
+            self._count("stale")
+            return None
+        assert targets is None or isinstance(targets, Tensor)
+        return Job(delivery, task, runtime, targets)
+
+    def learn(self, job: Job) -> None:
+        """Distil, train and predict (safe to run on a thread of its own)."""
+        job.upload = job.runtime.learn(job.task, job.targets)
+
+    def finish(self, job: Job) -> SoftLabelUpload:
+        """Publish the upload, save the client's state, ack the task."""
+        assert job.upload is not None
+        body = encode_upload(job.upload)
+        runtime = job.runtime
+        runtime.completed_round, runtime.last_upload = job.task.round, body
+        self.provider.save(runtime)
+        self._publish(job.task, body)
+        job.delivery.ack()
+        times = runtime.last_times
+        for phase, seconds in (
+            ("distill", times.distill),
+            ("train", times.train),
+            ("predict", times.predict),
+        ):
+            self.metrics.worker_phase_seconds.labels(phase=phase).observe(seconds)
+        self._count("done")
+        logger.info(
+            "handle: round=%s client=%s uploaded %s bytes",
+            job.task.round,
+            job.task.client_id,
+            len(body),
+        )
+        return job.upload
+
+    def _restore(self, task: TrainTask, runtime: ClientRuntime) -> Tensor | None | object:
+        try:
+            return runtime.restore_targets(task)
+        except CacheDesync:
+            if self.resync is None:
+                raise
+        # the replica is out of step (restarted worker, missed rounds): fetch the global
+        # cache, then apply the task's catch-up and signals on top of it
+        self.metrics.cache_resyncs_total.labels(kind="snapshot").inc()
+        if not self.resync.resync(runtime, task):
+            return _STALE
+        return runtime.restore_targets(task)
+
+    def _answer_again(self, delivery: Delivery, task: TrainTask, runtime: ClientRuntime) -> None:
+        # a redelivered task: the upload was produced before; send the same bytes again
+        if task.round == runtime.completed_round and runtime.last_upload:
+            self._publish(task, runtime.last_upload)
+        delivery.ack()
+        self._count("redelivered")
+
+    def _publish(self, task: TrainTask, body: bytes) -> None:
+        self.transport.publish("", uploads_queue(task.run_id), body, {"kind": "upload"})
+        self.metrics.bytes_total.labels(direction="up", kind="upload").inc(len(body))
+
+    def _count(self, outcome: str) -> None:
+        self.metrics.worker_tasks_total.labels(outcome=outcome).inc()
+
+
+_STALE = object()

@@ -1,0 +1,281 @@
+"""The cache service: answers cache-sync RPCs from the federation store.
+
+Workers never hold Redis credentials (DESIGN §4). One that is behind, restarted or
+desynchronized publishes a :class:`~shared.protocol.cache_sync.CacheSyncRequest` to the
+run's RPC queue; this service reads the global soft-label cache from the
+:class:`~shared.state.base.FederationStore` (a full snapshot, or the changes since the
+worker's version, falling back to a full snapshot when the change log no longer reaches
+back) and publishes a :class:`~shared.protocol.cache_sync.CacheSyncResponse` to the
+worker's reply queue with the header ``request-id``.
+
+Per request, exactly one outcome (``CacheService.stats``):
+
+- ``answered``: the reply was published (confirmed), then the request acked;
+- ``invalid``: the request did not decode or names another run: dead-lettered;
+- ``store_unavailable`` / ``store_error``: the store could not be read, or holds data
+  this service cannot send (corrupt, another class count, too large): a reply with
+  ``error`` set was published so the worker does not wait out its timeout, then the
+  request acked;
+- ``unroutable``: the reply queue does not exist (the worker is gone): dead-lettered.
+
+Broker outages (:class:`~shared.errors.TransportUnavailable`,
+:class:`~shared.errors.TransportClosed`) propagate; an unsettled request is delivered
+again, and answering it twice is harmless (the worker discards stale replies).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+import torch
+
+from shared.errors import (
+    MessageTooLarge,
+    ProtocolError,
+    StateError,
+    StoreUnavailable,
+    TransportClosed,
+    TransportError,
+    TransportUnavailable,
+)
+from shared.protocol.cache_sync import (
+    CacheSyncRequest,
+    CacheSyncResponse,
+    decode_sync_request,
+    encode_sync_response,
+    failed_response,
+)
+from shared.protocol.codec import DecodeLimits
+from shared.protocol.routes import cache_rpc_queue
+from shared.state.base import CacheSnapshot, FederationStore
+from shared.transport.base import Delivery, QueueSpec, Transport
+
+__all__ = ["HEADER_REQUEST_ID", "POLL_S", "CacheService"]
+
+logger = logging.getLogger(__name__)
+
+HEADER_REQUEST_ID = "request-id"
+"""Reply header carrying the request's id (lets a worker skip stale replies undecoded)."""
+
+POLL_S = 0.5
+"""Longest wait for a request in ``serve_forever`` before the stop flag is checked again."""
+
+_REASON_CHARS = 200
+
+
+class CacheService:
+    """Serves cache-sync requests of one run from its federation store.
+
+    Args:
+        transport: a connected transport, used only from the thread that serves.
+        store: the run's federation store.
+        run_id: the run whose RPC queue this service consumes.
+        limits: the run's decode limits (|P|, C, body size): requests are decoded with
+            them, and a reply that would break them is replaced by an error reply.
+    """
+
+    def __init__(
+        self, transport: Transport, store: FederationStore, run_id: str, limits: DecodeLimits
+    ) -> None:
+        self._transport = transport
+        self._store = store
+        self._run_id = run_id
+        self._limits = limits
+        self._queue = cache_rpc_queue(run_id)
+        self.stats: collections.Counter[str] = collections.Counter()
+        """Requests per outcome: answered, invalid, store_unavailable, store_error,
+        unroutable."""
+
+    @property
+    def queue(self) -> str:
+        """The RPC queue this service consumes."""
+        return self._queue
+
+    def declare(self) -> None:
+        """Declare the RPC queue (durable, rejected requests dead-lettered); idempotent.
+
+        Raises:
+            TransportError: the queue exists with other settings.
+            TransportUnavailable: the broker cannot be reached.
+        """
+        self._transport.declare(queues=[QueueSpec(self._queue, dead_letter=True)])
+
+    def serve_once(self, timeout_s: float) -> bool:
+        """Handle at most one request, waiting up to ``timeout_s`` seconds for it.
+
+        Returns:
+            True when a request was handled (whatever its outcome), False on timeout.
+
+        Raises:
+            TransportUnavailable: the broker cannot be reached (the request, if one was
+                taken, is delivered again).
+            TransportClosed: the connection went away under the request.
+        """
+        delivery = self._transport.get(self._queue, timeout_s=timeout_s)
+        if delivery is None:
+            return False
+        self._handle(delivery)
+        return True
+
+    def serve_forever(self, stop: threading.Event | None = None) -> None:
+        """Serve requests until ``stop`` is set (checked at least every :data:`POLL_S`).
+
+        Raises:
+            TransportUnavailable: the broker cannot be reached.
+            TransportClosed: the connection went away.
+        """
+        logger.info("sync: run=%s serving cache-sync requests on %s", self._run_id, self._queue)
+        while stop is None or not stop.is_set():
+            self.serve_once(POLL_S)
+        logger.info("sync: run=%s stopped; requests %s", self._run_id, dict(self.stats))
+
+    # ------------------------------------------------------------------ one request
+
+    def _handle(self, delivery: Delivery) -> None:
+        started = time.perf_counter()
+        try:
+            request = decode_sync_request(delivery.body, self._limits)
+            if request.run_id != self._run_id:
+                raise ProtocolError(f"run: request for run {request.run_id!r}")
+        except ProtocolError as e:
+            logger.warning(
+                "sync: run=%s dead-lettering invalid request: %s", self._run_id, e
+            )
+            delivery.reject(requeue=False, reason=str(e)[:_REASON_CHARS])
+            self.stats["invalid"] += 1
+            return
+        response, outcome = self._answer(request)
+        try:
+            response, outcome = self._publish_reply(request, response, outcome)
+        except (TransportUnavailable, TransportClosed):
+            raise
+        except TransportError as e:
+            logger.warning(
+                "sync: run=%s client=%s cannot reply to %s, dead-lettering the request: %s",
+                self._run_id,
+                request.client_id,
+                request.reply_to,
+                e,
+            )
+            delivery.reject(requeue=False, reason=f"reply failed: {e}"[:_REASON_CHARS])
+            self.stats["unroutable"] += 1
+            return
+        delivery.ack()  # only now: the reply is confirmed, a crash before this re-answers
+        self.stats[outcome] += 1
+        logger.info(
+            "sync: run=%s client=%s %s since=%s -> version=%d full=%s entries=%d cleared=%d "
+            "in %.3f s",
+            self._run_id,
+            request.client_id,
+            outcome,
+            request.since_version,
+            response.version,
+            response.full,
+            response.indices.numel(),
+            response.cleared.numel(),
+            time.perf_counter() - started,
+        )
+
+    def _answer(self, request: CacheSyncRequest) -> tuple[CacheSyncResponse, str]:
+        """The response to ``request`` and its outcome name."""
+        try:
+            snapshot = self._read(request)
+        except StoreUnavailable as e:
+            return self._failure(request, "store_unavailable", f"store unavailable: {e}")
+        except StateError as e:
+            return self._failure(request, "store_error", f"store error: {e}")
+        problem = self._check(snapshot)
+        if problem:
+            return self._failure(request, "store_error", problem)
+        labels = snapshot.labels
+        if labels.numel() == 0:
+            # before the first commit the store does not know C: send (0, C)
+            labels = torch.empty(0, self._limits.num_classes, dtype=torch.float32)
+        response = CacheSyncResponse(
+            run_id=self._run_id,
+            request_id=request.request_id,
+            version=snapshot.version,
+            digest=snapshot.digest,
+            full=snapshot.full,
+            indices=snapshot.indices,
+            written=snapshot.written,
+            labels=labels,
+            cleared=snapshot.cleared,
+        )
+        return response, "answered"
+
+    def _read(self, request: CacheSyncRequest) -> CacheSnapshot:
+        since = request.since_version
+        if since is None:
+            return self._store.cache_snapshot()
+        current = self._store.cache_version()
+        if since > current:
+            # the replica comes from another history (a reset store): start it over
+            logger.warning(
+                "sync: run=%s client=%s asks for changes since %d, ahead of version %d; "
+                "sending a full snapshot",
+                self._run_id,
+                request.client_id,
+                since,
+                current,
+            )
+            return self._store.cache_snapshot()
+        changes = self._store.cache_changes_since(since)
+        return changes if changes is not None else self._store.cache_snapshot()
+
+    def _check(self, snapshot: CacheSnapshot) -> str:
+        """Why ``snapshot`` cannot go to a worker under our limits ("" when it can)."""
+        classes = snapshot.labels.shape[1] if snapshot.labels.dim() == 2 else -1
+        if snapshot.indices.numel() and classes != self._limits.num_classes:
+            return (
+                f"store error: the cache holds {classes} classes, the service is configured "
+                f"for {self._limits.num_classes}"
+            )
+        for name, idx in (("indices", snapshot.indices), ("cleared", snapshot.cleared)):
+            if idx.numel() and int(idx.max()) >= self._limits.public_size:
+                return (
+                    f"store error: {name} reach {int(idx.max())}, outside the public set "
+                    f"of {self._limits.public_size}"
+                )
+        return ""
+
+    def _failure(
+        self, request: CacheSyncRequest, outcome: str, error: str
+    ) -> tuple[CacheSyncResponse, str]:
+        logger.error(
+            "sync: run=%s client=%s cannot answer: %s", self._run_id, request.client_id, error
+        )
+        return (
+            failed_response(self._run_id, request.request_id, error, self._limits.num_classes),
+            outcome,
+        )
+
+    def _publish_reply(
+        self, request: CacheSyncRequest, response: CacheSyncResponse, outcome: str
+    ) -> tuple[CacheSyncResponse, str]:
+        """Publish ``response`` (an error reply instead when it is too large to send).
+
+        Returns:
+            What was published and its outcome name.
+
+        Raises:
+            TransportError: the reply queue does not exist or the broker refused it.
+        """
+        headers = {HEADER_REQUEST_ID: request.request_id}
+        body = encode_sync_response(response)
+        if len(body) <= self._limits.max_body_bytes:
+            try:
+                self._transport.publish("", request.reply_to, body, headers)
+                return response, outcome
+            except MessageTooLarge:
+                pass  # the transport's own limit is lower than the decode limit
+        response, outcome = self._failure(
+            request,
+            "store_error",
+            f"store error: the reply of {len(body)} bytes is over the message size limit",
+        )
+        self._transport.publish("", request.reply_to, encode_sync_response(response), headers)
+        return response, outcome

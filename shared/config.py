@@ -17,9 +17,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import ConfigError
+from shared.protocol.softlabels import CodecSpec
 
 __all__ = [
     "FederationConfig",
@@ -73,10 +74,22 @@ class FederationConfig(BaseModel):
     temperature: float = Field(0.1, gt=0, description="DS-FL ERA temperature (T)")
     beta: float = Field(2.0, gt=0, description="Enhanced ERA exponent (β)")
     cache_duration: int = Field(50, ge=0, description="cache duration D in rounds")
+    uplink_codec: str = Field(
+        "q8+zstd", description="soft-label codec of uploads: f32, f16, q2..q8, +zstd"
+    )
+    downlink_codec: str = Field(
+        "q8+zstd", description="soft-label codec of global labels sent to clients"
+    )
     client_eval_every: int = Field(
         1, ge=0, description="evaluate clients every N rounds (0: never)"
     )
     seed: int = Field(42, ge=0, description="seed of every random draw")
+
+    @field_validator("uplink_codec", "downlink_codec")
+    @classmethod
+    def _check_codec(cls, value: str) -> str:
+        CodecSpec.parse(value)  # raises ValueError with the grammar
+        return value
 
     @model_validator(mode="after")
     def _check_sizes(self) -> FederationConfig:
@@ -96,6 +109,16 @@ class FederationConfig(BaseModel):
     def sharpening(self) -> str:
         """The aggregation sharpening the algorithm uses."""
         return "enhanced_era" if self.algorithm == "scarlet" else "era"
+
+    @property
+    def uplink_spec(self) -> CodecSpec:
+        """The parsed uplink codec."""
+        return CodecSpec.parse(self.uplink_codec)
+
+    @property
+    def downlink_spec(self) -> CodecSpec:
+        """The parsed downlink codec."""
+        return CodecSpec.parse(self.downlink_codec)
 
     @property
     def iid(self) -> bool:

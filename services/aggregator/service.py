@@ -163,7 +163,7 @@ class AggregatorService:
         ledger = ByteLedger()
         bodies = []
         for task in tasks:
-            body = encode_task(task)
+            body = encode_task(task, self.config.downlink_spec, public_size=self.config.public_size)
             ledger.add_task(
                 task, len(body), self.num_classes, previous, self.config.public_per_round
             )

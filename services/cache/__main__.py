@@ -38,6 +38,7 @@ from shared.config import (
 from shared.errors import ConfigError, ScarletError
 from shared.protocol.codec import DecodeLimits
 from shared.state import open_federation_store
+from shared.state.base import check_run_id
 from shared.transport import open_transport
 
 __all__ = ["dataset_classes", "main", "make_parser"]
@@ -91,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_body_bytes=settings.max_message_bytes,
         )
         level = _log_level(settings.log_level)
-    except ConfigError as e:
+        check_run_id(config.run_id)
+    except (ConfigError, ValueError) as e:
         print(f"scarlet-cache: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     effective = _effective(config, settings, limits)
@@ -169,8 +171,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """Set ``stop`` on SIGTERM and SIGINT (main thread only); restore the handlers after."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        logger.info("sync: received %s, stopping", signal.Signals(signum).name)
-        stop.set()
+        stop.set()  # no logging here: the handler may interrupt a log call
 
     signals = (signal.SIGTERM, signal.SIGINT)
     previous = {s: signal.signal(s, handler) for s in signals}

@@ -33,6 +33,7 @@ import time
 import torch
 
 from shared.errors import (
+    DecodeError,
     MessageTooLarge,
     ProtocolError,
     StateError,
@@ -139,11 +140,9 @@ class CacheService:
         try:
             request = decode_sync_request(delivery.body, self._limits)
             if request.run_id != self._run_id:
-                raise ProtocolError(f"run: request for run {request.run_id!r}")
+                raise DecodeError(f"run: request for run {request.run_id!r}")
         except ProtocolError as e:
-            logger.warning(
-                "sync: run=%s dead-lettering invalid request: %s", self._run_id, e
-            )
+            logger.warning("sync: run=%s dead-lettering invalid request: %s", self._run_id, e)
             delivery.reject(requeue=False, reason=str(e)[:_REASON_CHARS])
             self.stats["invalid"] += 1
             return

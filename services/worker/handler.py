@@ -134,7 +134,8 @@ class TaskHandler:
     def finish(self, job: Job) -> SoftLabelUpload:
         """Publish the upload, save the client's state, ack the task."""
         assert job.upload is not None
-        body = encode_upload(job.upload)
+        cfg = job.runtime.config
+        body = encode_upload(job.upload, cfg.uplink_spec, public_size=cfg.public_size)
         runtime = job.runtime
         runtime.completed_round, runtime.last_upload = job.task.round, body
         self.provider.save(runtime)

@@ -19,10 +19,20 @@ import torch
 from torch import Tensor
 
 from shared.errors import DecodeError, MessageTooLarge, UnsupportedVersion
+from shared.protocol.indexsets import (
+    decode_codes,
+    decode_index_list,
+    decode_index_set,
+    encode_codes,
+    encode_index_list,
+    encode_index_set,
+)
 from shared.protocol.messages import CatchUp, DistillTargets, SoftLabelUpload, TrainTask
+from shared.protocol.softlabels import CodecSpec, decode_soft_labels, encode_soft_labels
 from shared.protocol.tensors import decode_tensor, encode_tensor
 
 __all__ = [
+    "F32",
     "SCHEMA_VERSION",
     "DecodeLimits",
     "decode_task",
@@ -33,11 +43,11 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-SIMPLEX_TOLERANCE = 1e-3
-"""Largest accepted |row sum - 1| of a decoded soft-label row (float32 and float16 alike)."""
 
-_RENORMALIZE_ABOVE = 2.0**-20
 _SIGNAL_CODES = (0, 1, 2)
+_CACHED, _NEWLY, _EXPIRED = 0, 1, 2  # CacheSignal values (the protocol does not import the rules)
+F32 = CodecSpec("f32")
+"""The uncompressed baseline codec."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,25 +59,35 @@ class DecodeLimits:
     max_body_bytes: int = 64 * 1024 * 1024
 
 
-def encode_task(task: TrainTask) -> bytes:
-    """Encode a downlink :class:`TrainTask` to bytes."""
+def encode_task(task: TrainTask, spec: CodecSpec = F32, *, public_size: int) -> bytes:
+    """Encode a downlink :class:`TrainTask` to bytes.
+
+    Args:
+        task: the task.
+        spec: soft-label codec of the global labels (and of catch-up labels).
+        public_size: |P|, the universe of the index sets.
+    """
     body: dict[str, object] = {
         **_envelope("train_task", task.run_id, task.round, task.client_id),
-        "request": encode_tensor(task.request_indices),
+        "request": encode_index_set(task.request_indices, public_size),
         "cache_version": task.cache_version,
         "targets_digest": task.targets_digest,
-        "targets": None if task.targets is None else _encode_targets(task.targets),
-        "catch_up": None if task.catch_up is None else _encode_catch_up(task.catch_up),
+        "targets": None
+        if task.targets is None
+        else _encode_targets(task.targets, spec, public_size),
+        "catch_up": None
+        if task.catch_up is None
+        else _encode_catch_up(task.catch_up, spec, public_size),
     }
     return _pack(body)
 
 
-def encode_upload(upload: SoftLabelUpload) -> bytes:
-    """Encode an uplink :class:`SoftLabelUpload` to bytes."""
+def encode_upload(upload: SoftLabelUpload, spec: CodecSpec = F32, *, public_size: int) -> bytes:
+    """Encode an uplink :class:`SoftLabelUpload` to bytes (indices must be ascending)."""
     body: dict[str, object] = {
         **_envelope("upload", upload.run_id, upload.round, upload.client_id),
-        "indices": encode_tensor(upload.indices),
-        "labels": encode_tensor(upload.soft_labels.to(torch.float32)),
+        "indices": encode_index_set(upload.indices, public_size),
+        "labels": encode_soft_labels(upload.soft_labels, spec),
         "train_loss": float(upload.train_loss),
         "client_accuracy": float(upload.client_accuracy),
     }
@@ -89,8 +109,7 @@ def decode_task(body: bytes, limits: DecodeLimits) -> TrainTask:
     """
     msg = _unpack(body, limits, kind="train_task")
     run_id, round_no, client_id = _envelope_fields(msg)
-    request = _indices(msg.get("request"), "request", limits)
-    _require_ascending(request, "request")
+    request = _index_set(msg.get("request"), "request", limits)
     targets_obj, catch_obj = msg.get("targets"), msg.get("catch_up")
     return TrainTask(
         run_id=run_id,
@@ -114,8 +133,7 @@ def decode_upload(body: bytes, limits: DecodeLimits) -> SoftLabelUpload:
     """
     msg = _unpack(body, limits, kind="upload")
     run_id, round_no, client_id = _envelope_fields(msg)
-    indices = _indices(msg.get("indices"), "indices", limits)
-    _require_ascending(indices, "indices")
+    indices = _index_set(msg.get("indices"), "indices", limits)
     labels = _labels(msg.get("labels"), "labels", indices.numel(), limits)
     loss = _float(msg.get("train_loss"), "train_loss")
     accuracy = _float(msg.get("client_accuracy"), "client_accuracy", allow_nan=True)
@@ -195,90 +213,145 @@ def _float(value: object, field: str, *, allow_nan: bool = False) -> float:
     return float(value)
 
 
-def _indices(obj: object, field: str, limits: DecodeLimits) -> Tensor:
-    idx = decode_tensor(obj, field, dtype="<i8", shape=(None,), max_elements=limits.public_size)
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= limits.public_size):
-        raise DecodeError(f"{field}: indices outside [0, {limits.public_size})")
-    if torch.unique(idx).numel() != idx.numel():
-        raise DecodeError(f"{field}: indices are not unique")
-    return idx
+def _bytes(obj: object, field: str) -> bytes:
+    if not isinstance(obj, bytes):
+        raise DecodeError(f"{field}: expected bytes, got {type(obj).__name__}")
+    return obj
 
 
-def _require_ascending(idx: Tensor, field: str) -> None:
-    if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
-        raise DecodeError(f"{field}: indices must be ascending")
+def _index_set(obj: object, field: str, limits: DecodeLimits) -> Tensor:
+    try:
+        return decode_index_set(
+            _bytes(obj, field), limits.public_size, max_items=limits.public_size
+        )
+    except DecodeError as e:
+        raise DecodeError(f"{field}: {e}") from None
+
+
+def _index_list(obj: object, field: str, limits: DecodeLimits) -> Tensor:
+    try:
+        return decode_index_list(
+            _bytes(obj, field), limits.public_size, max_items=limits.public_size
+        )
+    except DecodeError as e:
+        raise DecodeError(f"{field}: {e}") from None
 
 
 def _labels(obj: object, field: str, rows: int, limits: DecodeLimits) -> Tensor:
-    labels = decode_tensor(
-        obj,
-        field,
-        dtype="<f4",
-        shape=(rows, limits.num_classes),
-        max_elements=limits.public_size * limits.num_classes,
-    )
-    return _check_simplex(labels, field)
-
-
-def _check_simplex(labels: Tensor, field: str) -> Tensor:
-    if not bool(torch.isfinite(labels).all()):
-        raise DecodeError(f"{field}: non-finite probabilities")
-    if bool((labels < 0).any()):
-        raise DecodeError(f"{field}: negative probabilities")
-    sums = labels.to(torch.float64).sum(dim=1)
-    if labels.shape[0] and float((sums - 1).abs().max()) > SIMPLEX_TOLERANCE:
-        raise DecodeError(f"{field}: rows do not sum to 1 (tolerance {SIMPLEX_TOLERANCE})")
-    # rows already on the simplex to float32 precision stay bit-exact (f32 round-trips exactly)
-    off = (sums - 1).abs() > _RENORMALIZE_ABOVE
-    if bool(off.any()):
-        labels = labels.clone()
-        labels[off] = (labels[off].to(torch.float64) / sums[off].unsqueeze(1)).to(torch.float32)
+    if not isinstance(obj, Mapping):
+        raise DecodeError(f"{field}: expected a soft-label map")
+    try:
+        labels = decode_soft_labels(
+            obj, max_rows=limits.public_size, num_classes=limits.num_classes
+        )
+    except DecodeError as e:
+        raise DecodeError(f"{field}: {e}") from None
+    if labels.shape[0] != rows:
+        raise DecodeError(f"{field}: {labels.shape[0]} rows, expected {rows}")
     return labels
 
 
-def _encode_targets(targets: DistillTargets) -> dict[str, object]:
-    return {
-        "round": targets.round,
-        "indices": encode_tensor(targets.indices),
-        "signals": None
-        if targets.signals is None
-        else encode_tensor(targets.signals.to(torch.int8)),
-        "labels": encode_tensor(targets.fresh_labels.to(torch.float32)),
+def _catch_up_spec(spec: CodecSpec) -> CodecSpec:
+    # catch-up rows are cache entries, i.e. already decoded values: only codecs that
+    # reproduce them bit for bit may carry them (quantization and f32 do; f16 does not)
+    return spec if spec.kind in ("quant", "f32") and not spec.delta else F32
+
+
+def _encode_targets(
+    targets: DistillTargets, spec: CodecSpec, public_size: int
+) -> dict[str, object]:
+    labels = encode_soft_labels(targets.fresh_labels, spec)
+    head: dict[str, object] = {"round": targets.round, "labels": labels}
+    if targets.signals is None:
+        return head | {
+            "layout": "plain",
+            "indices": encode_index_list(targets.indices, public_size),
+        }
+    cached = targets.signals == int(_CACHED)
+    q = int((~cached).sum())
+    fresh_idx, cached_idx = targets.indices[:q], targets.indices[q:]
+    if (
+        bool(cached[q:].all())
+        and not bool(cached[:q].any())
+        and _ascending(fresh_idx)
+        and (_ascending(cached_idx))
+    ):
+        # the usual shape (requested ascending, then reused ascending): two sets and one
+        # bit per fresh entry (NEWLY_CACHED or EXPIRED) say everything
+        expired = (targets.signals[:q] == int(_EXPIRED)).to(torch.int64)
+        return head | {
+            "layout": "split",
+            "fresh": encode_index_set(fresh_idx, public_size),
+            "cached": encode_index_set(cached_idx, public_size),
+            "expired": encode_codes(expired, 1),
+        }
+    return head | {
+        "layout": "list",
+        "indices": encode_index_list(targets.indices, public_size),
+        "signals": encode_codes(targets.signals, 2),
     }
 
 
 def _decode_targets(obj: object, limits: DecodeLimits) -> DistillTargets:
     if not isinstance(obj, Mapping):
         raise DecodeError("targets: expected a map")
-    indices = _indices(obj.get("indices"), "targets.indices", limits)
-    n = indices.numel()
-    signals_obj = obj.get("signals")
-    signals: Tensor | None = None
-    if signals_obj is None:
-        fresh = n
-    else:
-        raw = decode_tensor(signals_obj, "targets.signals", dtype="|i1", shape=(n,), max_elements=n)
-        signals = raw.to(torch.int64)
-        if not bool(torch.isin(signals, torch.tensor(_SIGNAL_CODES)).all()):
+    layout = obj.get("layout")
+    round_no = _int(obj.get("round"), "targets.round")
+    signals: Tensor | None
+    if layout == "plain":
+        indices = _index_list(obj.get("indices"), "targets.indices", limits)
+        signals = None
+        fresh = indices.numel()
+    elif layout == "split":
+        fresh_idx = _index_set(obj.get("fresh"), "targets.fresh", limits)
+        cached_idx = _index_set(obj.get("cached"), "targets.cached", limits)
+        if bool(torch.isin(fresh_idx, cached_idx).any()):
+            raise DecodeError("targets: an index is both fresh and cached")
+        expired = _codes(obj.get("expired"), "targets.expired", 1, fresh_idx.numel())
+        indices = torch.cat([fresh_idx, cached_idx])
+        signals = torch.cat(
+            [
+                torch.where(expired == 1, int(_EXPIRED), int(_NEWLY)),
+                torch.full((cached_idx.numel(),), int(_CACHED), dtype=torch.int64),
+            ]
+        )
+        fresh = fresh_idx.numel()
+    elif layout == "list":
+        indices = _index_list(obj.get("indices"), "targets.indices", limits)
+        signals = _codes(obj.get("signals"), "targets.signals", 2, indices.numel())
+        if bool((signals > 2).any()):
             raise DecodeError(f"targets.signals: codes outside {_SIGNAL_CODES}")
-        fresh = int((signals != 0).sum())
+        fresh = int((signals != int(_CACHED)).sum())
+    else:
+        raise DecodeError(f"targets.layout: expected plain, split or list, got {layout!r}")
     labels = _labels(obj.get("labels"), "targets.labels", fresh, limits)
-    return DistillTargets(_int(obj.get("round"), "targets.round"), indices, signals, labels)
+    return DistillTargets(round_no, indices, signals, labels)
 
 
-def _encode_catch_up(diff: CatchUp) -> dict[str, object]:
+def _codes(obj: object, field: str, bits: int, count: int) -> Tensor:
+    try:
+        return decode_codes(_bytes(obj, field), bits, count)
+    except DecodeError as e:
+        raise DecodeError(f"{field}: {e}") from None
+
+
+def _ascending(idx: Tensor) -> bool:
+    return idx.numel() < 2 or bool((idx[1:] > idx[:-1]).all())
+
+
+def _encode_catch_up(diff: CatchUp, spec: CodecSpec, public_size: int) -> dict[str, object]:
     return {
-        "update": encode_tensor(diff.update_indices),
-        "labels": encode_tensor(diff.update_labels.to(torch.float32)),
+        "update": encode_index_list(diff.update_indices, public_size),
+        "labels": encode_soft_labels(diff.update_labels, _catch_up_spec(spec)),
         "written": encode_tensor(diff.update_written),
-        "clear": encode_tensor(diff.clear_indices),
+        "clear": encode_index_set(diff.clear_indices, public_size),
     }
 
 
 def _decode_catch_up(obj: object, limits: DecodeLimits) -> CatchUp:
     if not isinstance(obj, Mapping):
         raise DecodeError("catch_up: expected a map")
-    update = _indices(obj.get("update"), "catch_up.update", limits)
+    update = _index_list(obj.get("update"), "catch_up.update", limits)
     labels = _labels(obj.get("labels"), "catch_up.labels", update.numel(), limits)
     written = decode_tensor(
         obj.get("written"),
@@ -289,5 +362,24 @@ def _decode_catch_up(obj: object, limits: DecodeLimits) -> CatchUp:
     )
     if bool((written < 0).any()):
         raise DecodeError("catch_up.written: negative rounds")
-    clear = _indices(obj.get("clear"), "catch_up.clear", limits)
+    clear = _index_set(obj.get("clear"), "catch_up.clear", limits)
     return CatchUp(update, labels, written, clear)
+
+
+SIMPLEX_TOLERANCE = 1e-3
+"""Largest accepted |row sum - 1| of a soft-label row carried as a raw float32 tensor."""
+
+
+def _indices(obj: object, field: str, limits: DecodeLimits) -> Tensor:
+    """Decode an int64 index tensor (raw layout): in range and unique."""
+    idx = decode_tensor(obj, field, dtype="<i8", shape=(None,), max_elements=limits.public_size)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= limits.public_size):
+        raise DecodeError(f"{field}: indices outside [0, {limits.public_size})")
+    if torch.unique(idx).numel() != idx.numel():
+        raise DecodeError(f"{field}: indices are not unique")
+    return idx
+
+
+def _require_ascending(idx: Tensor, field: str) -> None:
+    if not _ascending(idx):
+        raise DecodeError(f"{field}: indices must be ascending")

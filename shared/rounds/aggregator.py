@@ -26,6 +26,7 @@ from shared.distill import mean_by_index, sample_clients, sample_public_indices,
 from shared.distill.sampling import round_generator
 from shared.errors import RoundStateConflict
 from shared.protocol.messages import CatchUp, DistillTargets, SoftLabelUpload, TrainTask
+from shared.protocol.softlabels import roundtrip
 
 __all__ = ["AggregatorCore", "RoundPhase", "RoundResult", "UploadOutcome"]
 
@@ -69,8 +70,9 @@ class AggregatorCore:
     Args:
         config: the federation configuration.
         num_classes: C.
-        label_roundtrip: maps aggregated labels to exactly what clients will decode
-            (identity for float32); the cache stores that, so both sides hold equal values.
+        label_roundtrip: maps aggregated labels to exactly what clients will decode; by
+            default the downlink codec's round trip. The cache stores that, so both sides
+            hold bit-identical values.
     """
 
     def __init__(
@@ -88,7 +90,8 @@ class AggregatorCore:
             if self.cache is not None and partial
             else None
         )
-        self._roundtrip = label_roundtrip or (lambda labels: labels)
+        spec = config.downlink_spec
+        self._roundtrip = label_roundtrip or (lambda labels: roundtrip(labels, spec))
         self.round = 0
         self.phase = RoundPhase.IDLE
         self.clients: tuple[int, ...] = ()

@@ -6,6 +6,7 @@ from shared.config import FederationConfig
 from shared.distill.era import enhanced_era, era
 from shared.errors import RoundStateConflict
 from shared.protocol.messages import SoftLabelUpload, TrainTask
+from shared.protocol.softlabels import CodecSpec, roundtrip
 from shared.rounds.aggregator import AggregatorCore, UploadOutcome
 
 C = 3
@@ -38,10 +39,20 @@ def test_scarlet_aggregates_the_mean_with_enhanced_era_and_dsfl_with_era():
         ("scarlet", lambda p: enhanced_era(p, 2.0)),
         ("dsfl", lambda p: era(p, 0.1)),
     ]:
-        core = AggregatorCore(_config(algorithm=algorithm), C)
+        core = AggregatorCore(_config(algorithm=algorithm, downlink_codec="f32"), C)
         _, uploads, result = _run_round(core)
         mean = torch.stack([u.soft_labels for u in uploads]).mean(0)
         assert torch.allclose(result.targets, sharpen(mean), atol=1e-6)
+
+
+def test_the_global_labels_are_exactly_what_the_downlink_codec_delivers():
+    core = AggregatorCore(_config(downlink_codec="q6+zstd"), C)
+    _, uploads, result = _run_round(core)
+    mean = torch.stack([u.soft_labels for u in uploads]).mean(0)
+    expected = roundtrip(enhanced_era(mean, 2.0), CodecSpec.parse("q6+zstd"))
+    assert torch.equal(result.targets, expected)
+    assert core.cache is not None
+    assert torch.equal(core.cache.labels[result.indices], expected)
 
 
 def test_the_aggregate_does_not_depend_on_arrival_order():

@@ -1,11 +1,15 @@
+import contextlib
 import math
 
 import msgpack
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shared.errors import DecodeError, MessageTooLarge, ProtocolError, UnsupportedVersion
 from shared.protocol.codec import (
+    F32,
     DecodeLimits,
     decode_task,
     decode_upload,
@@ -13,23 +17,30 @@ from shared.protocol.codec import (
     encode_upload,
 )
 from shared.protocol.messages import CatchUp, DistillTargets, SoftLabelUpload, TrainTask
+from shared.protocol.softlabels import CodecSpec, roundtrip
 
-LIMITS = DecodeLimits(public_size=100, num_classes=4)
+P = 100
+LIMITS = DecodeLimits(public_size=P, num_classes=4)
+SPECS = ["f32", "f16", "q8", "q8+zstd", "q4+zstd", "q2"]
 
 
 def _probs(n: int, seed: int = 0) -> torch.Tensor:
-    return torch.softmax(torch.randn(n, 4, generator=torch.Generator().manual_seed(seed)), -1)
+    return torch.softmax(torch.randn(n, 4, generator=torch.Generator().manual_seed(seed)) * 3, -1)
 
 
-def _task() -> TrainTask:
+def _task(signals=(1, 2, 0), indices=(4, 7, 3)) -> TrainTask:
+    fresh = sum(1 for s in signals if s != 0)
     return TrainTask(
         run_id="r1",
         round=3,
         client_id=2,
         request_indices=torch.tensor([1, 5, 9]),
-        targets=DistillTargets(2, torch.tensor([4, 7, 3]), torch.tensor([1, 2, 0]), _probs(2)),
-        catch_up=CatchUp(torch.tensor([3]), _probs(1, 1), torch.tensor([1]), torch.tensor([8])),
+        targets=DistillTargets(2, torch.tensor(indices), torch.tensor(signals), _probs(fresh)),
+        catch_up=CatchUp(
+            torch.tensor([30, 3]), _probs(2, 1), torch.tensor([1, 0]), torch.tensor([8])
+        ),
         cache_version=2,
+        targets_digest="ab" * 32,
     )
 
 
@@ -37,34 +48,77 @@ def _upload() -> SoftLabelUpload:
     return SoftLabelUpload("r1", 3, 2, torch.tensor([1, 5, 9]), _probs(3), 0.25, math.nan)
 
 
-def _assert_tasks_equal(a: TrainTask, b: TrainTask) -> None:
-    assert (a.run_id, a.round, a.client_id, a.cache_version) == (
-        b.run_id,
-        b.round,
-        b.client_id,
-        b.cache_version,
-    )
-    assert torch.equal(a.request_indices, b.request_indices)
-    assert a.targets is not None and b.targets is not None
-    assert torch.equal(a.targets.indices, b.targets.indices)
-    assert a.targets.signals is not None and b.targets.signals is not None
-    assert torch.equal(a.targets.signals, b.targets.signals)
-    assert torch.allclose(a.targets.fresh_labels, b.targets.fresh_labels, atol=1e-7)
-
-
-def test_a_task_survives_encoding_and_decoding():
+@pytest.mark.parametrize("spec", SPECS)
+def test_a_task_survives_encoding_within_the_codec_bound(spec):
+    codec = CodecSpec.parse(spec)
     task = _task()
-    decoded = decode_task(encode_task(task), LIMITS)
-    _assert_tasks_equal(task, decoded)
-    assert decoded.catch_up is not None
-    assert torch.equal(decoded.catch_up.clear_indices, torch.tensor([8]))
+    got = decode_task(encode_task(task, codec, public_size=P), LIMITS)
+    assert (got.run_id, got.round, got.client_id, got.cache_version, got.targets_digest) == (
+        "r1",
+        3,
+        2,
+        2,
+        "ab" * 32,
+    )
+    assert torch.equal(got.request_indices, task.request_indices)
+    assert got.targets is not None and task.targets is not None
+    assert torch.equal(got.targets.indices, task.targets.indices)
+    assert got.targets.signals is not None
+    assert torch.equal(got.targets.signals, task.targets.signals)
+    # decoded labels are exactly the codec's round trip (what the server cached)
+    assert torch.equal(got.targets.fresh_labels, roundtrip(task.targets.fresh_labels, codec))
+    assert got.catch_up is not None
+    assert torch.equal(got.catch_up.update_indices, torch.tensor([30, 3]))
+    assert torch.equal(got.catch_up.clear_indices, torch.tensor([8]))
+    assert torch.equal(got.catch_up.update_written, torch.tensor([1, 0]))
 
 
-def test_an_upload_survives_encoding_and_decoding_with_exact_float32_labels():
+def test_targets_in_an_unusual_order_still_round_trip_through_the_list_layout():
+    task = _task(signals=(0, 1, 2), indices=(9, 2, 5))
+    got = decode_task(encode_task(task, F32, public_size=P), LIMITS)
+    assert got.targets is not None and task.targets is not None
+    assert torch.equal(got.targets.indices, task.targets.indices)
+    assert torch.equal(got.targets.signals, task.targets.signals)
+
+
+def test_dsfl_targets_without_signals_round_trip():
+    task = TrainTask(
+        "r1",
+        1,
+        0,
+        torch.tensor([2, 3]),
+        DistillTargets(0, torch.tensor([5, 1]), None, _probs(2)),
+        None,
+        0,
+    )
+    got = decode_task(encode_task(task, F32, public_size=P), LIMITS)
+    assert got.targets is not None and got.targets.signals is None
+    assert torch.equal(got.targets.indices, torch.tensor([5, 1]))
+    assert torch.equal(got.targets.fresh_labels, _probs(2))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_an_upload_survives_encoding_and_f32_is_exact(spec):
     up = _upload()
-    got = decode_upload(encode_upload(up), LIMITS)
-    assert torch.equal(got.soft_labels, up.soft_labels)
+    codec = CodecSpec.parse(spec)
+    got = decode_upload(encode_upload(up, codec, public_size=P), LIMITS)
+    assert torch.equal(got.indices, up.indices)
     assert got.train_loss == 0.25 and math.isnan(got.client_accuracy)
+    assert torch.equal(got.soft_labels, roundtrip(up.soft_labels, codec))
+    assert (got.soft_labels - up.soft_labels).abs().max() <= codec.max_abs_error(4)
+    if spec == "f32":
+        assert torch.equal(got.soft_labels, up.soft_labels)
+
+
+def test_the_compact_encoding_is_far_smaller_than_float32():
+    g = torch.Generator().manual_seed(0)
+    idx = torch.sort(torch.randperm(10_000, generator=g)[:1000]).values
+    labels = torch.softmax(torch.randn(1000, 10, generator=g) * 4, -1)
+    up = SoftLabelUpload("r1", 0, 0, idx, labels, 0.1, 0.5)
+    f32 = len(encode_upload(up, F32, public_size=10_000))
+    q8 = len(encode_upload(up, CodecSpec.parse("q8+zstd"), public_size=10_000))
+    assert f32 > 1000 * 4 * 10
+    assert q8 < 0.2 * 1000 * (4 * 10 + 8)  # paper accounting of the same upload
 
 
 def _mutate(body: bytes, **changes: object) -> bytes:
@@ -74,9 +128,13 @@ def _mutate(body: bytes, **changes: object) -> bytes:
     return msgpack.packb(msg)
 
 
+def _upload_body() -> bytes:
+    return encode_upload(_upload(), F32, public_size=P)
+
+
 def test_an_unknown_schema_version_is_refused_by_name():
     with pytest.raises(UnsupportedVersion, match="schema version 99"):
-        decode_upload(_mutate(encode_upload(_upload()), v=99), LIMITS)
+        decode_upload(_mutate(_upload_body(), v=99), LIMITS)
 
 
 @pytest.mark.parametrize(
@@ -86,40 +144,58 @@ def test_an_unknown_schema_version_is_refused_by_name():
         ({"round": -1}, "round"),
         ({"run": ""}, "run"),
         ({"train_loss": float("inf")}, "train_loss"),
-        ({"indices": {"dtype": "<i8", "shape": [3], "data": b"\x00" * 23}}, "wrong number"),
+        ({"indices": b"\x07garbage"}, "indices"),
+        ({"indices": [1, 2, 3]}, "indices"),
+        ({"labels": {"spec": "q9"}}, "labels"),
     ],
 )
 def test_malformed_uploads_raise_a_decode_error_naming_the_field(change, message):
     with pytest.raises(DecodeError, match=message):
-        decode_upload(_mutate(encode_upload(_upload()), **change), LIMITS)
+        decode_upload(_mutate(_upload_body(), **change), LIMITS)
 
 
-def test_out_of_range_duplicate_or_unsorted_indices_are_refused():
-    for idx, msg in [([1, 5, 100], "outside"), ([1, 5, 5], "unique"), ([5, 1, 9], "ascending")]:
-        up = SoftLabelUpload("r1", 3, 2, torch.tensor(idx), _probs(3), 0.1, 0.5)
-        with pytest.raises(DecodeError, match=msg):
-            decode_upload(encode_upload(up), LIMITS)
+def test_out_of_range_indices_and_label_row_mismatches_are_refused():
+    body = encode_upload(_upload(), F32, public_size=1000)  # index universe larger than P
+    bad = _mutate(
+        body,
+        indices=msgpack.unpackb(
+            encode_upload(
+                SoftLabelUpload("r1", 3, 2, torch.tensor([1, 5, 500]), _probs(3), 0.1, 0.5),
+                F32,
+                public_size=1000,
+            )
+        )["indices"],
+    )
+    with pytest.raises(DecodeError, match="indices"):
+        decode_upload(bad, LIMITS)
+    two_rows = msgpack.unpackb(
+        encode_upload(
+            SoftLabelUpload("r1", 3, 2, torch.tensor([1, 5]), _probs(2), 0.1, 0.5),
+            F32,
+            public_size=P,
+        )
+    )["labels"]
+    with pytest.raises(DecodeError, match="rows"):
+        decode_upload(_mutate(_upload_body(), labels=two_rows), LIMITS)
 
 
 def test_labels_off_the_simplex_are_refused():
-    bad = [_probs(3) * 2, -_probs(3), torch.full((3, 4), float("nan"))]
-    for labels in bad:
-        up = SoftLabelUpload("r1", 3, 2, torch.tensor([1, 5, 9]), labels, 0.1, 0.5)
-        with pytest.raises(DecodeError, match="labels"):
-            decode_upload(encode_upload(up), LIMITS)
+    labels = msgpack.unpackb(_upload_body())["labels"]
+    labels["data"] = (_probs(3) * 2).numpy().astype("<f4").tobytes()
+    with pytest.raises(DecodeError, match="labels"):
+        decode_upload(_mutate(_upload_body(), labels=labels), LIMITS)
 
 
 def test_a_body_over_the_limit_is_refused_before_decoding():
     with pytest.raises(MessageTooLarge):
-        decode_upload(encode_upload(_upload()), DecodeLimits(100, 4, max_body_bytes=64))
+        decode_upload(_upload_body(), DecodeLimits(P, 4, max_body_bytes=64))
 
 
-def test_a_forged_shape_cannot_make_the_decoder_allocate():
-    body = _mutate(
-        encode_upload(_upload()), labels={"dtype": "<f4", "shape": [3, 4_000_000_000], "data": b""}
-    )
-    with pytest.raises(DecodeError):
-        decode_upload(body, LIMITS)
+def test_a_forged_row_count_cannot_make_the_decoder_allocate():
+    labels = msgpack.unpackb(_upload_body())["labels"]
+    labels["n"] = 4_000_000_000
+    with pytest.raises(ProtocolError):
+        decode_upload(_mutate(_upload_body(), labels=labels), LIMITS)
 
 
 @pytest.mark.parametrize("body", [b"", b"\xc1", b"\x93\x01\x02\x03", b"garbage" * 10])
@@ -130,28 +206,42 @@ def test_garbage_raises_only_protocol_errors(body):
         decode_task(body, LIMITS)
 
 
-def test_signal_codes_and_fresh_row_counts_are_checked():
-    task = _task()
-    assert task.targets is not None
-    bad = TrainTask(
-        task.run_id,
-        3,
-        2,
-        task.request_indices,
-        DistillTargets(2, task.targets.indices, torch.tensor([1, 7, 0]), task.targets.fresh_labels),
-        None,
-        2,
-    )
-    with pytest.raises(DecodeError, match="signals"):
-        decode_task(encode_task(bad), LIMITS)
-    wrong_rows = TrainTask(
-        task.run_id,
-        3,
-        2,
-        task.request_indices,
-        DistillTargets(2, task.targets.indices, torch.tensor([1, 1, 1]), task.targets.fresh_labels),
-        None,
-        2,
-    )
-    with pytest.raises(DecodeError, match="shape"):
-        decode_task(encode_task(wrong_rows), LIMITS)
+def test_inconsistent_targets_are_refused():
+    body = encode_task(_task(), F32, public_size=P)
+    msg = msgpack.unpackb(body)
+    msg["targets"]["cached"] = msg["targets"]["fresh"]  # an index both fresh and cached
+    with pytest.raises(DecodeError, match="both fresh and cached"):
+        decode_task(msgpack.packb(msg), LIMITS)
+    msg = msgpack.unpackb(body)
+    msg["targets"]["layout"] = "zigzag"
+    with pytest.raises(DecodeError, match="layout"):
+        decode_task(msgpack.packb(msg), LIMITS)
+
+
+VALID = [encode_task(_task(), CodecSpec.parse(s), public_size=P) for s in SPECS] + [
+    encode_upload(_upload(), CodecSpec.parse(s), public_size=P) for s in SPECS
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    which=st.integers(0, len(VALID) - 1),
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
+    cut=st.integers(0, 10_000),
+)
+def test_mutated_messages_raise_only_protocol_errors(which, edits, cut):
+    body = bytearray(VALID[which])
+    for pos, value in edits:
+        body[pos % len(body)] = value
+    body = body[: max(1, cut % (len(body) + 1))] if cut % 3 == 0 else body
+    for decode in (decode_task, decode_upload):
+        with contextlib.suppress(ProtocolError):
+            decode(bytes(body), LIMITS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_protocol_errors(data):
+    for decode in (decode_task, decode_upload):
+        with contextlib.suppress(ProtocolError):
+            decode(data, LIMITS)

@@ -17,43 +17,17 @@ import torch
 from services.aggregator.service import AggregatorService
 from services.worker.handler import TaskHandler
 from shared.config import FederationConfig, ServiceSettings
-from shared.data import FederatedData, load_dataset, split_federation
+from shared.data import FederatedData
 from shared.metrics import Metrics
 from shared.protocol import routes
 from shared.protocol.codec import DecodeLimits
 from shared.results import RoundRecord, RunResults
 from shared.rounds.client import ClientRuntime
+from shared.rounds.setup import build_runtime, prepare_data
 from shared.state.memory import MemoryFederationStore
 from shared.transport.memory import InMemoryTransport
 
 __all__ = ["EmbeddedFederation", "InMemoryClients", "prepare_data"]
-
-
-def prepare_data(config: FederationConfig) -> FederatedData:
-    """Load the configured data set and split it into public, private and test parts."""
-    train, test = load_dataset(config.dataset, config.data_root)
-    return split_federation(
-        train,
-        test,
-        num_clients=config.clients,
-        alpha=None if config.iid else config.alpha,
-        samples_per_client=config.samples_per_client,
-        public_size=config.public_size,
-        test_per_client=config.test_per_client,
-        seed=config.seed,
-    )
-
-
-def build_runtime(config: FederationConfig, data: FederatedData, client_id: int) -> ClientRuntime:
-    """The runtime of one client over its shard of ``data``."""
-    return ClientRuntime(
-        client_id,
-        config,
-        data.clients[client_id],
-        data.client_tests[client_id],
-        data.public,
-        data.num_classes,
-    )
 
 
 class InMemoryClients:

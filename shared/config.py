@@ -144,6 +144,9 @@ class ServiceSettings(BaseModel):
     state_url: str = Field(
         "memory://", description="pool-mode client state store: memory://, file:///dir, redis://"
     )
+    worker_mode: Literal["pinned", "pool"] = Field(
+        "pinned", description="pinned: one queue per client; pool: one shared task queue"
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
     round_timeout_s: float = Field(
         600.0, gt=0, description="deadline after which a round closes with a minimum quorum"

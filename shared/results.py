@@ -33,6 +33,21 @@ class RoundRecord:
     seconds: float
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def from_json(cls, row: dict[str, object]) -> RoundRecord:
+        """Inverse of the JSON form (``null`` accuracies become NaN; extra keys ignored)."""
+        fields = {f for f in cls.__dataclass_fields__}
+        values = {k: (math.nan if v is None else v) for k, v in row.items() if k in fields}
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready row (NaN as null) with the cache hit ratio added."""
+        row = asdict(self)
+        row["cache_hit_ratio"] = self.cache_hit_ratio
+        out = _nan_to_none(row)
+        assert isinstance(out, dict)
+        return out
+
     @property
     def cache_hit_ratio(self) -> float:
         """Share of the round's drawn public samples served from the cache."""
@@ -85,11 +100,7 @@ class RunResults:
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready document (NaN written as null)."""
-        rounds = []
-        for x in self.rounds:
-            row = asdict(x)
-            row["cache_hit_ratio"] = x.cache_hit_ratio
-            rounds.append(row)
+        rounds = [x.to_json() for x in self.rounds]
         doc = _nan_to_none({"config": self.config, "summary": self.summary(), "rounds": rounds})
         assert isinstance(doc, dict)
         return doc

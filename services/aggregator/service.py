@@ -39,27 +39,14 @@ from shared.rounds.aggregator import AggregatorCore, UploadOutcome
 from shared.rounds.aggregator_state import dump_aggregator, restore_aggregator
 from shared.rounds.server_model import ServerModel
 from shared.state.base import CacheUpdate, FederationStore
-from shared.transport.base import ExchangeSpec, QueueSpec, Transport
+from shared.transport.base import Transport
+from shared.transport.topology import declare_topology
 
-__all__ = ["AggregatorService", "declare_topology"]
+__all__ = ["AggregatorService"]
 
 logger = logging.getLogger(__name__)
 
 _STAGE_IDLE, _STAGE_COLLECTING, _STAGE_DISTILLING = "idle", "collecting", "distilling"
-
-
-def declare_topology(transport: Transport, config: FederationConfig) -> None:
-    """Declare the federation's exchange and queues (idempotent)."""
-    run = config.run_id
-    exchange = routes.rounds_exchange(run)
-    queues = [QueueSpec(routes.uploads_queue(run), quorum=True)]
-    queues += [
-        QueueSpec(
-            routes.client_tasks_queue(run, k), bindings=((exchange, routes.client_routing_key(k)),)
-        )
-        for k in range(config.clients)
-    ]
-    transport.declare([ExchangeSpec(exchange)], queues)
 
 
 @dataclass
@@ -116,7 +103,7 @@ class AggregatorService:
 
     def start(self) -> None:
         """Declare the topology and resume from the store if a previous run left state."""
-        declare_topology(self.transport, self.config)
+        declare_topology(self.transport, self.config, self.settings.worker_mode)
         blob = self.store.load_aggregator()
         if blob is not None:
             self._resume(blob)
@@ -320,7 +307,7 @@ class AggregatorService:
         record = self._record(t, accuracy)
         self.progress = _Progress(stage=_STAGE_IDLE)
         self._save()
-        self.store.append_result(json.dumps(_json_record(record)))
+        self.store.append_result(json.dumps(record.to_json()))
         self.records.append(record)
         self._observe(record)
         logger.info("distill: round=%s server_accuracy=%.4f", t, accuracy)
@@ -463,9 +450,3 @@ def _empty_digest(config: FederationConfig, num_classes: int) -> str:
     from shared.cache_policy import ServerCache
 
     return ServerCache(config.public_size, num_classes).digest()
-
-
-def _json_record(record: RoundRecord) -> dict[str, object]:
-    row = asdict(record)
-    row["cache_hit_ratio"] = record.cache_hit_ratio
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}

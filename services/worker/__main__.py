@@ -1,0 +1,132 @@
+"""``scarlet-worker``: a worker process (composition root).
+
+Subcommands:
+  run            serve tasks until SIGTERM or SIGINT (``--client K`` pinned, ``--pool``)
+  check-config   validate the configuration and print the effective values
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Sequence
+
+from services.worker.handler import TaskHandler
+from services.worker.resync import CacheResync
+from services.worker.service import PinnedClient, PoolClients, ReplicaResync, WorkerLoop
+from shared.cli import (
+    EXIT_ERROR,
+    EXIT_OK,
+    effective_config,
+    load_service_config,
+    make_service_parser,
+    serve_metrics,
+    setup_logging,
+    stop_on_signals,
+)
+from shared.config import FederationConfig, ServiceSettings
+from shared.errors import ConfigError, ScarletError
+from shared.metrics import Metrics
+from shared.protocol import routes
+from shared.protocol.codec import DecodeLimits
+from shared.rounds.setup import build_runtime, prepare_data
+from shared.state import open_client_store
+from shared.transport import open_transport
+from shared.transport.base import Transport
+from shared.transport.topology import declare_pool_queue
+
+__all__ = ["main", "make_parser"]
+
+logger = logging.getLogger(__name__)
+
+
+def _flags(name: str, parser: argparse.ArgumentParser) -> None:
+    if name != "run":
+        return
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--client", type=int, help="pinned mode: serve this client id")
+    mode.add_argument("--pool", action="store_true", help="pool mode: serve any client")
+    parser.add_argument(
+        "--state-dir", help="pinned mode: keep this client's state here (survives restarts)"
+    )
+    parser.add_argument("--max-tasks", type=int, help="exit after this many tasks")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``scarlet-worker`` (``python -m services.worker``)."""
+    return make_service_parser(
+        "scarlet-worker",
+        "SCARLET worker: trains clients and uploads their soft labels.",
+        {"run": "serve tasks until SIGTERM/SIGINT"},
+        _flags,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``scarlet-worker``; returns the process exit status."""
+    args = make_parser().parse_args(argv)
+    try:
+        config, settings = load_service_config(args)
+        if args.command == "check-config":
+            print(effective_config(config, settings))
+            return EXIT_OK
+        setup_logging(settings.log_level, "worker")
+        if args.client is not None and not 0 <= args.client < config.clients:
+            raise ConfigError(f"--client {args.client} outside [0, {config.clients})")
+        logger.info("config: %s", effective_config(config, settings).replace("\n", " "))
+        _serve(args, config, settings)
+    except ScarletError as e:
+        logger.error("worker: stopped on error: %s", e)
+        print(f"scarlet-worker: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace, config: FederationConfig, settings: ServiceSettings) -> None:
+    data = prepare_data(config)
+    metrics = Metrics.create()
+    serve_metrics(settings.metrics_port, metrics.registry)
+    worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    limits = DecodeLimits(config.public_size, data.num_classes, settings.max_message_bytes)
+    with stop_on_signals() as stop, contextlib.ExitStack() as stack:
+        transport = open_transport(
+            settings.broker_url,
+            heartbeat_s=settings.heartbeat_s,
+            max_message_bytes=settings.max_message_bytes,
+            connection_name=f"scarlet-worker/{worker_id}",
+        )
+        stack.callback(transport.close)
+        run = config.run_id
+        if args.pool:
+            queue = routes.pool_tasks_queue(run)
+            provider: PinnedClient | PoolClients = PoolClients(
+                config, data, open_client_store(settings.state_url, run)
+            )
+            declare_pool_queue(transport, config)
+            client_id = -1
+        else:
+            queue = routes.client_tasks_queue(run, args.client)
+            store = open_client_store(f"file://{args.state_dir}", run) if args.state_dir else None
+            provider = PinnedClient(build_runtime(config, data, args.client), store)
+            client_id = args.client
+        resync = CacheResync(transport, run, client_id, worker_id, limits, settings.rpc_timeout_s)
+        resync.declare()
+        stack.callback(lambda: _delete_quietly(transport, routes.reply_queue(run, worker_id)))
+        handler = TaskHandler(provider, transport, limits, ReplicaResync(resync), metrics)
+        logger.info("worker: %s serving %s", worker_id, queue)
+        WorkerLoop(handler, transport, queue).run(stop, args.max_tasks)
+        logger.info("worker: %s stopping", worker_id)
+
+
+def _delete_quietly(transport: Transport, queue: str) -> None:
+    with contextlib.suppress(ScarletError):
+        transport.delete_queue(queue)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

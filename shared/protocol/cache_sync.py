@@ -1,0 +1,323 @@
+"""Cache-sync RPC: a worker asks the cache service for the global soft-label cache.
+
+A worker that is behind, restarted or desynchronized publishes a
+:class:`CacheSyncRequest` to :func:`~shared.protocol.routes.cache_rpc_queue` and waits
+on its own :func:`~shared.protocol.routes.reply_queue` for the matching
+:class:`CacheSyncResponse`: the whole cache (``since_version=None``, or when the change
+log no longer reaches back) or the changes since a version. The worker installs it into
+its replica and checks the digest (``services.worker.resync``).
+
+Wire format (msgpack maps, the envelope conventions of :mod:`shared.protocol.codec`)::
+
+    request:  {"v", "kind": "cache_sync_request", "run", "client", "request_id",
+               "since": int | nil, "reply_to"}
+    response: {"v", "kind": "cache_sync_response", "run", "request_id", "version",
+               "digest", "full", "indices", "written", "labels", "cleared", "error"}
+
+Tensors are :func:`~shared.protocol.tensors.encode_tensor` maps: ``indices``/``cleared``
+``<i8`` (n,)/(m,), ``written`` ``<i8`` (n,), ``labels`` ``<f4`` (n, C).
+
+Validation on decode (only :class:`~shared.errors.ProtocolError` subclasses escape):
+size limit, schema version, kind, run id (1-128 of ``A-Za-z0-9_.-``), ``request_id``
+(32 lowercase hex digits, a uuid4 hex), ``reply_to`` (exactly
+``reply_queue(run, worker)`` for a sane worker id: a request can only make the service
+publish to a reply queue of its own run), indices in ``[0, |P|)``, unique and
+ascending, ``cleared`` disjoint from ``indices`` and empty in a full snapshot, written
+rounds ≥ 0, labels finite, non-negative and summing to 1 per row within
+:data:`~shared.protocol.codec.SIMPLEX_TOLERANCE`, ``digest`` 64 lowercase hex digits.
+A response with a non-empty ``error`` carries nothing else (version 0, empty digest and
+tensors).
+
+Unlike the downlink codec, labels are **never renormalized** here: a replica must hold
+the authoritative entries bit for bit, or its digest cannot match.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import msgpack
+import numpy as np
+import torch
+from torch import Tensor
+
+from shared.errors import DecodeError
+from shared.protocol.codec import (
+    SCHEMA_VERSION,
+    SIMPLEX_TOLERANCE,
+    DecodeLimits,
+    _indices,
+    _int,
+    _require_ascending,
+    _unpack,
+)
+from shared.protocol.routes import reply_queue
+from shared.protocol.tensors import decode_tensor, encode_tensor
+
+__all__ = [
+    "KIND_REQUEST",
+    "KIND_RESPONSE",
+    "MAX_ERROR_CHARS",
+    "CacheSyncRequest",
+    "CacheSyncResponse",
+    "decode_sync_request",
+    "decode_sync_response",
+    "encode_sync_request",
+    "encode_sync_response",
+    "failed_response",
+]
+
+KIND_REQUEST: Final = "cache_sync_request"
+KIND_RESPONSE: Final = "cache_sync_response"
+MAX_ERROR_CHARS: Final = 1000
+"""Longest accepted ``error`` text of a response."""
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_MAX_QUEUE_NAME = 255  # AMQP short string
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSyncRequest:
+    """Worker → cache service: send me the cache (or what changed since a version).
+
+    Attributes:
+        run_id: the federation.
+        client_id: the asking client (for logs; the cache is the same for everyone).
+        request_id: 32 lowercase hex digits (``uuid.uuid4().hex``), echoed in the reply.
+        since_version: the version the replica holds; None asks for a full snapshot.
+        reply_to: the worker's reply queue, ``reply_queue(run_id, worker_id)``.
+    """
+
+    run_id: str
+    client_id: int
+    request_id: str
+    since_version: int | None
+    reply_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSyncResponse:
+    """Cache service → worker: the cache at ``version``, in full or as changes.
+
+    The tensor fields mean what they mean in ``shared.state.base.CacheSnapshot``.
+
+    Attributes:
+        run_id: the federation.
+        request_id: the request's id.
+        version: the cache version the response reflects (0 before the first commit).
+        digest: ``ServerCache.digest()`` at ``version`` (64 hex digits; "" on error).
+        full: True: the whole cache (unlisted entries are empty); False: the changes
+            since the version asked for.
+        indices: (n,) int64 ascending: present entries (full) or entries set since.
+        written: (n,) int64 ≥ 0: written round of each listed entry.
+        labels: (n, C) float32: soft label of each listed entry.
+        cleared: (m,) int64 ascending: entries emptied since (always empty when full).
+        error: non-empty when the service could not answer (e.g. the store is down);
+            every other field is then empty.
+    """
+
+    run_id: str
+    request_id: str
+    version: int
+    digest: str
+    full: bool
+    indices: Tensor
+    written: Tensor
+    labels: Tensor
+    cleared: Tensor
+    error: str = ""
+
+
+def failed_response(
+    run_id: str, request_id: str, error: str, num_classes: int
+) -> CacheSyncResponse:
+    """A response saying the service could not answer (``error`` truncated to the limit).
+
+    Raises:
+        ValueError: ``error`` is empty.
+    """
+    if not error:
+        raise ValueError("a failed response needs an error text")
+    empty = torch.empty(0, dtype=torch.int64)
+    return CacheSyncResponse(
+        run_id=run_id,
+        request_id=request_id,
+        version=0,
+        digest="",
+        full=False,
+        indices=empty,
+        written=empty.clone(),
+        labels=torch.empty(0, num_classes, dtype=torch.float32),
+        cleared=empty.clone(),
+        error=error[:MAX_ERROR_CHARS],
+    )
+
+
+def encode_sync_request(request: CacheSyncRequest) -> bytes:
+    """Encode a :class:`CacheSyncRequest` to bytes."""
+    return _pack(
+        {
+            **_envelope(KIND_REQUEST, request.run_id),
+            "client": request.client_id,
+            "request_id": request.request_id,
+            "since": request.since_version,
+            "reply_to": request.reply_to,
+        }
+    )
+
+
+def encode_sync_response(response: CacheSyncResponse) -> bytes:
+    """Encode a :class:`CacheSyncResponse` to bytes (tensors cast to the wire dtypes)."""
+    return _pack(
+        {
+            **_envelope(KIND_RESPONSE, response.run_id),
+            "request_id": response.request_id,
+            "version": response.version,
+            "digest": response.digest,
+            "full": response.full,
+            "indices": encode_tensor(response.indices.to(torch.int64)),
+            "written": encode_tensor(response.written.to(torch.int64)),
+            "labels": encode_tensor(response.labels.to(torch.float32)),
+            "cleared": encode_tensor(response.cleared.to(torch.int64)),
+            "error": response.error,
+        }
+    )
+
+
+def decode_sync_request(body: bytes, limits: DecodeLimits) -> CacheSyncRequest:
+    """Decode and validate a :class:`CacheSyncRequest`.
+
+    Raises:
+        MessageTooLarge: body over ``limits.max_body_bytes``.
+        UnsupportedVersion: unknown schema version.
+        DecodeError: anything else that is wrong, naming the field.
+    """
+    msg = _unpack(body, limits, kind=KIND_REQUEST)
+    run_id = _run(msg.get("run"))
+    since = msg.get("since")
+    return CacheSyncRequest(
+        run_id=run_id,
+        client_id=_int(msg.get("client"), "client"),
+        request_id=_request_id(msg.get("request_id")),
+        since_version=None if since is None else _int(since, "since"),
+        reply_to=_reply_to(msg.get("reply_to"), run_id),
+    )
+
+
+def decode_sync_response(body: bytes, limits: DecodeLimits) -> CacheSyncResponse:
+    """Decode and validate a :class:`CacheSyncResponse`.
+
+    Raises:
+        MessageTooLarge: body over ``limits.max_body_bytes``.
+        UnsupportedVersion: unknown schema version.
+        DecodeError: anything else that is wrong, naming the field.
+    """
+    msg = _unpack(body, limits, kind=KIND_RESPONSE)
+    run_id = _run(msg.get("run"))
+    request_id = _request_id(msg.get("request_id"))
+    version = _int(msg.get("version"), "version")
+    full = msg.get("full")
+    if not isinstance(full, bool):
+        raise DecodeError(f"full: expected a boolean, got {type(full).__name__}")
+    error = msg.get("error")
+    if not isinstance(error, str) or len(error) > MAX_ERROR_CHARS:
+        raise DecodeError(f"error: expected a string of at most {MAX_ERROR_CHARS} characters")
+    indices, written, labels, cleared = _entries(msg, full, limits)
+    if error:
+        _require_empty(version, msg.get("digest"), indices, cleared)
+        digest = ""
+    else:
+        digest = _digest(msg.get("digest"))
+    return CacheSyncResponse(
+        run_id, request_id, version, digest, full, indices, written, labels, cleared, error
+    )
+
+
+def _envelope(kind: str, run_id: str) -> dict[str, object]:
+    return {"v": SCHEMA_VERSION, "kind": kind, "run": run_id}
+
+
+def _pack(body: Mapping[str, object]) -> bytes:
+    packed = msgpack.packb(body, use_bin_type=True)
+    assert isinstance(packed, bytes)
+    return packed
+
+
+def _run(value: object) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise DecodeError("run: expected 1-128 characters of A-Za-z0-9_.- (no leading _.-)")
+    return value
+
+
+def _request_id(value: object) -> str:
+    if not isinstance(value, str) or not _REQUEST_ID.fullmatch(value):
+        raise DecodeError("request_id: expected 32 lowercase hex digits")
+    return value
+
+
+def _reply_to(value: object, run_id: str) -> str:
+    prefix = reply_queue(run_id, "")
+    if (
+        not isinstance(value, str)
+        or len(value) > _MAX_QUEUE_NAME
+        or not value.startswith(prefix)
+        or not _NAME.fullmatch(value[len(prefix) :])
+    ):
+        raise DecodeError(f"reply_to: expected {prefix}<worker id> of at most 255 characters")
+    return value
+
+
+def _digest(value: object) -> str:
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+        raise DecodeError("digest: expected 64 lowercase hex digits")
+    return value
+
+
+def _entries(
+    msg: Mapping[str, object], full: bool, limits: DecodeLimits
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    indices = _indices(msg.get("indices"), "indices", limits)
+    _require_ascending(indices, "indices")
+    n = indices.numel()
+    written = decode_tensor(msg.get("written"), "written", dtype="<i8", shape=(n,), max_elements=n)
+    if written.numel() and int(written.min()) < 0:
+        raise DecodeError("written: negative rounds")
+    labels = _cache_labels(msg.get("labels"), n, limits)
+    cleared = _indices(msg.get("cleared"), "cleared", limits)
+    _require_ascending(cleared, "cleared")
+    if full and cleared.numel():
+        raise DecodeError("cleared: must be empty in a full snapshot")
+    if bool(torch.isin(cleared, indices).any()):
+        raise DecodeError("cleared: indices also listed in indices")
+    return indices, written, labels, cleared
+
+
+def _cache_labels(obj: object, rows: int, limits: DecodeLimits) -> Tensor:
+    # validated like the downlink's labels, but never renormalized: bits must survive
+    labels = decode_tensor(
+        obj,
+        "labels",
+        dtype="<f4",
+        shape=(rows, limits.num_classes),
+        max_elements=limits.public_size * limits.num_classes,
+    )
+    # numpy: torch's multi-threaded elementwise kernels cost milliseconds on a busy host
+    array = labels.numpy()
+    if not bool(np.isfinite(array).all()):
+        raise DecodeError("labels: non-finite probabilities")
+    if bool((array < 0).any()):
+        raise DecodeError("labels: negative probabilities")
+    sums = array.sum(axis=1, dtype=np.float64)
+    if rows and float(np.abs(sums - 1).max()) > SIMPLEX_TOLERANCE:
+        raise DecodeError(f"labels: rows do not sum to 1 (tolerance {SIMPLEX_TOLERANCE})")
+    return labels
+
+
+def _require_empty(version: int, digest: object, indices: Tensor, cleared: Tensor) -> None:
+    if version != 0 or digest != "" or indices.numel() or cleared.numel():
+        raise DecodeError("error: a failed response must carry no version, digest or entries")

@@ -1,0 +1,43 @@
+"""The broker topology of a federation, declared idempotently by whoever needs it.
+
+Tasks are published to the rounds exchange with the client's routing key. In *pinned*
+mode each client has its own durable queue bound to its key; in *pool* mode one shared
+queue is bound to every client's key, so the aggregator publishes the same way in both.
+"""
+
+from __future__ import annotations
+
+from shared.config import FederationConfig
+from shared.protocol import routes
+from shared.transport.base import ExchangeSpec, QueueSpec, Transport
+
+__all__ = ["declare_pool_queue", "declare_topology"]
+
+
+def declare_topology(transport: Transport, config: FederationConfig, worker_mode: str) -> None:
+    """Declare the rounds exchange, the task queue(s) and the upload queue."""
+    run = config.run_id
+    exchange = routes.rounds_exchange(run)
+    transport.declare([ExchangeSpec(exchange)], [QueueSpec(routes.uploads_queue(run), quorum=True)])
+    if worker_mode == "pool":
+        declare_pool_queue(transport, config)
+        return
+    transport.declare(
+        queues=[
+            QueueSpec(
+                routes.client_tasks_queue(run, k),
+                bindings=((exchange, routes.client_routing_key(k)),),
+            )
+            for k in range(config.clients)
+        ]
+    )
+
+
+def declare_pool_queue(transport: Transport, config: FederationConfig) -> None:
+    """Declare the shared pool queue, bound to every client's routing key."""
+    run = config.run_id
+    exchange = routes.rounds_exchange(run)
+    keys = tuple((exchange, routes.client_routing_key(k)) for k in range(config.clients))
+    transport.declare(
+        [ExchangeSpec(exchange)], [QueueSpec(routes.pool_tasks_queue(run), bindings=keys)]
+    )

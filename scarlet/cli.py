@@ -2,6 +2,7 @@
 
 Subcommands:
   simulate       run a whole federation (K clients + server) in one process
+  up             run it as real services (cache, aggregator, workers) on RabbitMQ and Redis
   check-config   validate a configuration and print the effective values
 """
 
@@ -17,7 +18,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from shared.config import FederationConfig, add_model_flags, flag_overrides, load_config
+from shared.config import (
+    FederationConfig,
+    ServiceSettings,
+    add_model_flags,
+    flag_overrides,
+    load_config,
+)
 from shared.errors import ScarletError
 from shared.results import RoundRecord, format_round_line
 
@@ -42,22 +49,33 @@ def make_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_flags(sim, FederationConfig)
 
+    up = sub.add_parser("up", help="run the real services as local processes")
+    _common(up, log_level=False)
+    up.add_argument("--out", default="runs/latest-up.json", help="results file (JSON)")
+    up.add_argument("--workers", type=int, default=2, help="pool mode: worker processes")
+    up.add_argument("--run-dir", default=None, help="service logs (default runs/<run_id>/)")
+    up.add_argument("--resume", action="store_true", help="keep the run's earlier state")
+    up.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_flags(up, FederationConfig)
+    add_model_flags(up, ServiceSettings)
+
     check = sub.add_parser("check-config", help="validate and print the effective config")
     _common(check)
     add_model_flags(check, FederationConfig)
     return parser
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, log_level: bool = True) -> None:
     p.add_argument("--config", type=Path, help="TOML configuration file")
-    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+    if log_level:  # `up` takes --log-level from the service settings
+        p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``scarlet`` command; returns the process exit status."""
     args = make_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=getattr(args, "log_level", "WARNING").upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
@@ -69,6 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             print(json.dumps(config.model_dump(), indent=2))
             return EXIT_OK
+        if args.command == "up":
+            settings = load_config(
+                ServiceSettings,
+                path=args.config,
+                section="service",
+                overrides=flag_overrides(args, ServiceSettings),
+            )
+            return _up(config, settings, args)
         return _simulate(config, Path(args.out), progress=not args.no_progress)
     except ScarletError as e:
         print(f"scarlet: error: {e}", file=sys.stderr)
@@ -114,6 +140,23 @@ def _simulate(config: FederationConfig, out: Path, *, progress: bool) -> int:
     )
     print(f"scarlet: results written to {path}")
     return EXIT_OK
+
+
+def _up(config: FederationConfig, settings: ServiceSettings, args: argparse.Namespace) -> int:
+    from scarlet.up import Launcher
+
+    if args.workers < 1:
+        print("scarlet: error: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    run_dir = Path(args.run_dir or f"runs/{config.run_id}")
+    mode = settings.worker_mode
+    count = args.workers if mode == "pool" else config.clients
+    print(
+        f"scarlet: starting the cache service, the aggregator and {count} {mode} workers "
+        f"({config.algorithm} on {config.dataset}, {config.rounds} rounds); logs in {run_dir}"
+    )
+    launcher = Launcher(config, settings, args.workers, run_dir, fresh=not args.resume)
+    return launcher.run(Path(args.out), progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ __all__ = [
     "FederationConfig",
     "ServiceSettings",
     "add_model_flags",
+    "dump_toml",
     "flag_overrides",
     "load_config",
     "redacted",
@@ -282,3 +283,28 @@ def redacted(
         else:
             out[key] = value
     return out
+
+
+def dump_toml(config: FederationConfig, settings: ServiceSettings) -> str:
+    """A TOML file that :func:`load_config` reads back into the same two objects.
+
+    Federation keys go at the top level, service keys under ``[service]``; None values are
+    left out (they are the defaults).
+    """
+
+    def lines(values: Mapping[str, object]) -> list[str]:
+        out = []
+        for key, value in values.items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, int | float):
+                text = repr(value)
+            else:
+                text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            out.append(f"{key} = {text}")
+        return out
+
+    body = lines(config.model_dump()) + ["", "[service]"] + lines(settings.model_dump())
+    return "\n".join(body) + "\n"

@@ -58,6 +58,7 @@ from shared.protocol.routes import reply_queue
 from shared.protocol.tensors import decode_tensor, encode_tensor
 
 __all__ = [
+    "HEADER_REQUEST_ID",
     "KIND_REQUEST",
     "KIND_RESPONSE",
     "MAX_ERROR_CHARS",
@@ -70,6 +71,9 @@ __all__ = [
     "failed_response",
 ]
 
+HEADER_REQUEST_ID: Final = "request-id"
+"""Message header carrying ``request_id`` (on requests and replies), so that a worker can
+skip a stale reply without decoding it."""
 KIND_REQUEST: Final = "cache_sync_request"
 KIND_RESPONSE: Final = "cache_sync_response"
 MAX_ERROR_CHARS: Final = 1000

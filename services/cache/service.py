@@ -43,6 +43,7 @@ from shared.errors import (
     TransportUnavailable,
 )
 from shared.protocol.cache_sync import (
+    HEADER_REQUEST_ID,
     CacheSyncRequest,
     CacheSyncResponse,
     decode_sync_request,
@@ -54,12 +55,9 @@ from shared.protocol.routes import cache_rpc_queue
 from shared.state.base import CacheSnapshot, FederationStore
 from shared.transport.base import Delivery, QueueSpec, Transport
 
-__all__ = ["HEADER_REQUEST_ID", "POLL_S", "CacheService"]
+__all__ = ["POLL_S", "CacheService"]
 
 logger = logging.getLogger(__name__)
-
-HEADER_REQUEST_ID = "request-id"
-"""Reply header carrying the request's id (lets a worker skip stale replies undecoded)."""
 
 POLL_S = 0.5
 """Longest wait for a request in ``serve_forever`` before the stop flag is checked again."""

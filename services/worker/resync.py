@@ -35,6 +35,7 @@ from shared.errors import (
     TransportUnavailable,
 )
 from shared.protocol.cache_sync import (
+    HEADER_REQUEST_ID,
     CacheSyncRequest,
     CacheSyncResponse,
     decode_sync_response,
@@ -44,12 +45,9 @@ from shared.protocol.codec import DecodeLimits
 from shared.protocol.routes import cache_rpc_queue, reply_queue
 from shared.transport.base import Delivery, QueueSpec, Transport
 
-__all__ = ["HEADER_REQUEST_ID", "CacheResync"]
+__all__ = ["CacheResync"]
 
 logger = logging.getLogger(__name__)
-
-HEADER_REQUEST_ID = "request-id"
-"""Header naming the request a reply answers (the cache service sets it)."""
 
 _POLL_S = 0.25  # longest single wait on the reply queue
 _WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")

@@ -62,16 +62,14 @@ class Launcher:
 
     def run(self, out: Path, progress: bool = True) -> int:
         """Run the federation to its end; returns an exit status (0 on success)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         store = open_federation_store(self.settings.redis_url, self.config.run_id)
-        self._prepare(store)
-        config_path = self.run_dir / "config.toml"
-        config_path.write_text(dump_toml(self.config, self.settings))
+        self.prepare(store)
+        config_path = self.write_config()
         start = time.perf_counter()
         bar = tqdm(total=self.config.rounds, unit="round", disable=not progress, file=sys.stderr)
         seen = 0
         try:
-            self._start_all(config_path)
+            self.start_all(config_path)
             while True:
                 rows = store.results()
                 for row in rows[seen:]:
@@ -88,7 +86,7 @@ class Launcher:
                         file=sys.stderr,
                     )
                     return 1
-                if self._aggregator().process.poll() == 0:
+                if self.child("aggregator").process.poll() == 0:
                     break
                 time.sleep(0.5)
         except KeyboardInterrupt:
@@ -110,7 +108,8 @@ class Launcher:
         print(f"scarlet: results written to {path}; service logs in {self.run_dir}")
         return 0
 
-    def _prepare(self, store: FederationStore) -> None:
+    def prepare(self, store: FederationStore) -> None:
+        """Check the broker answers; with ``fresh``, delete the run's state and queues."""
         # fail early with a clear message when the broker is down
         transport = open_transport(self.settings.broker_url, reconnect_attempts=2)
         try:
@@ -129,18 +128,20 @@ class Launcher:
         finally:
             transport.close()
 
-    def _start_all(self, config_path: Path) -> None:
+    def start_all(self, config_path: Path) -> None:
+        """Start the cache service, the aggregator and the workers."""
         base = ["--config", str(config_path)]
-        self._start("cache", ["services.cache", "run", *base])
-        self._start("aggregator", ["services.aggregator", "run", *base])
+        self.start("cache", ["services.cache", "run", *base])
+        self.start("aggregator", ["services.aggregator", "run", *base])
         if self.settings.worker_mode == "pool":
             for i in range(self.workers):
-                self._start(f"worker-{i}", ["services.worker", "run", "--pool", *base])
+                self.start(f"worker-{i}", ["services.worker", "run", "--pool", *base])
         else:
             for k in range(self.config.clients):
-                self._start(f"worker-{k}", ["services.worker", "run", "--client", str(k), *base])
+                self.start(f"worker-{k}", ["services.worker", "run", "--client", str(k), *base])
 
-    def _start(self, name: str, module_args: list[str]) -> None:
+    def start(self, name: str, module_args: list[str]) -> None:
+        """Start ``python -m <module_args>`` as child ``name``, logging to ``<name>.log``."""
         log = (self.run_dir / f"{name}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(
@@ -153,16 +154,32 @@ class Launcher:
         )
         self.children.append(_Child(name, process, log))
 
-    def _aggregator(self) -> _Child:
-        return next(c for c in self.children if c.name == "aggregator")
+    def child(self, name: str) -> _Child:
+        """The running child called ``name``."""
+        return next(c for c in self.children if c.name == name)
+
+    def write_config(self) -> Path:
+        """Write the children's configuration file; returns its path.
+
+        Pool workers are separate processes: an in-memory client state store cannot be
+        shared between them, so a file store under the run folder replaces it.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.worker_mode == "pool" and self.settings.state_url.startswith("memory:"):
+            state = f"file://{(self.run_dir / 'client-state').resolve()}"
+            self.settings = self.settings.model_copy(update={"state_url": state})
+        path = self.run_dir / "config.toml"
+        path.write_text(dump_toml(self.config, self.settings))
+        return path
 
     def _failed(self) -> _Child | None:
+        # a non-zero exit, or a service other than the aggregator that stopped by itself
         for child in self.children:
             code = child.process.poll()
             if code is not None and code != 0:
                 return child
             if code == 0 and child.name != "aggregator":
-                return child  # a service that stops by itself mid-federation is a failure
+                return child
         return None
 
     def stop_all(self) -> None:
@@ -181,11 +198,3 @@ class Launcher:
                 child.process.wait()
             child.log.close()
         self.children.clear()
-
-
-def check_reachable(settings: ServiceSettings) -> None:
-    """Raise a ScarletError naming what is down when the broker or the store is unreachable."""
-    transport = open_transport(settings.broker_url, reconnect_attempts=2)
-    transport.close()
-    store = open_federation_store(settings.redis_url, "probe")
-    store.cache_version()

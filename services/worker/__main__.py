@@ -38,7 +38,7 @@ from shared.rounds.setup import build_runtime, prepare_data
 from shared.state import open_client_store
 from shared.transport import open_transport
 from shared.transport.base import Transport
-from shared.transport.topology import declare_pool_queue
+from shared.transport.topology import declare_client_queue, declare_pool_queue
 
 __all__ = ["main", "make_parser"]
 
@@ -111,6 +111,7 @@ def _serve(args: argparse.Namespace, config: FederationConfig, settings: Service
             client_id = -1
         else:
             queue = routes.client_tasks_queue(run, args.client)
+            declare_client_queue(transport, config, args.client)
             store = open_client_store(f"file://{args.state_dir}", run) if args.state_dir else None
             provider = PinnedClient(build_runtime(config, data, args.client), store)
             client_id = args.client

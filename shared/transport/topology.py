@@ -11,7 +11,7 @@ from shared.config import FederationConfig
 from shared.protocol import routes
 from shared.transport.base import ExchangeSpec, QueueSpec, Transport
 
-__all__ = ["declare_pool_queue", "declare_topology"]
+__all__ = ["declare_client_queue", "declare_pool_queue", "declare_topology"]
 
 
 def declare_topology(transport: Transport, config: FederationConfig, worker_mode: str) -> None:
@@ -40,4 +40,14 @@ def declare_pool_queue(transport: Transport, config: FederationConfig) -> None:
     keys = tuple((exchange, routes.client_routing_key(k)) for k in range(config.clients))
     transport.declare(
         [ExchangeSpec(exchange)], [QueueSpec(routes.pool_tasks_queue(run), bindings=keys)]
+    )
+
+
+def declare_client_queue(transport: Transport, config: FederationConfig, client_id: int) -> None:
+    """Declare one pinned client's queue (a worker may start before the aggregator)."""
+    run = config.run_id
+    exchange = routes.rounds_exchange(run)
+    binding = ((exchange, routes.client_routing_key(client_id)),)
+    transport.declare(
+        [ExchangeSpec(exchange)], [QueueSpec(routes.client_tasks_queue(run, client_id), binding)]
     )

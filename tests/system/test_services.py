@@ -1,0 +1,192 @@
+"""The services over the real RabbitMQ and Redis equal the embedded federation."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from scarlet.simulate import EmbeddedFederation
+from services.worker.handler import TaskHandler
+from shared.config import FederationConfig
+from shared.protocol import routes
+from shared.protocol.messages import TrainTask
+from shared.rounds.setup import prepare_data
+from shared.state import open_client_store
+from shared.transport.base import HEADER_ORIGINAL_QUEUE, Delivery, Transport
+from tests.conftest import require_rabbitmq, require_redis
+from tests.system.harness import REDIS, federation, new_run_id
+
+pytestmark = [pytest.mark.system, pytest.mark.integration]
+
+BASE = dict(
+    dataset="digits",
+    clients=3,
+    samples_per_client=300,
+    public_size=400,
+    public_per_round=150,
+    rounds=3,
+    test_per_client=50,
+    local_epochs=2,
+    distill_epochs=2,
+    server_distill_epochs=2,
+    cache_duration=1,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    require_rabbitmq()
+    require_redis()
+    return prepare_data(FederationConfig(**BASE))
+
+
+def _embedded(config, data) -> EmbeddedFederation:
+    fed = EmbeddedFederation(config, data)
+    fed.run()
+    return fed
+
+
+def _assert_same_federation(fed, expected: EmbeddedFederation) -> None:
+    labels, written = fed.global_labels()
+    cache = expected.aggregator.core.cache
+    assert cache is not None
+    assert torch.equal(written, cache.written)
+    assert torch.allclose(labels, cache.labels, atol=1e-6)
+    got = fed.aggregator.records
+    want = expected.results.rounds
+    assert [r.round for r in got] == [r.round for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert g.server_accuracy == pytest.approx(w.server_accuracy, abs=1e-9)
+        for key in (
+            "labels_up",
+            "labels_down",
+            "paper_bytes_up",
+            "paper_bytes_down",
+            "baseline_bytes_up",
+            "baseline_bytes_down",
+            "wire_bytes_down",
+        ):
+            assert getattr(g, key) == getattr(w, key), (g.round, key)
+
+
+def test_pinned_workers_over_rabbitmq_and_redis_match_the_embedded_run(data):
+    # Given one federation run in-process and the same one as services
+    config = FederationConfig(run_id=new_run_id(), **BASE)
+    expected = _embedded(config, data)
+    with federation(config, data) as fed:
+        fed.start_cache_service()
+        fed.start_aggregator()
+        for k in range(config.clients):
+            fed.start_worker(k)
+        # When it runs to the end
+        fed.wait(180)
+        # Then global soft labels, accuracies and byte counts are the same
+        _assert_same_federation(fed, expected)
+        assert fed.aggregator is not None
+        assert all(
+            r.wire_bytes_up == w.wire_bytes_up
+            for r, w in zip(fed.aggregator.records, expected.results.rounds, strict=True)
+        )
+
+
+def test_a_pool_of_two_workers_serving_three_clients_matches_the_embedded_run(data):
+    config = FederationConfig(run_id=new_run_id(), **BASE)
+    expected = _embedded(config, data)
+    with federation(config, data) as fed:
+        fed.settings = fed.settings.model_copy(update={"worker_mode": "pool"})
+        store = open_client_store(REDIS, config.run_id)
+        try:
+            fed.start_cache_service()
+            fed.start_aggregator()
+            fed.start_worker(None, client_store=store)
+            fed.start_worker(None, client_store=store)
+            fed.wait(180)
+            _assert_same_federation(fed, expected)
+        finally:
+            store.delete_all()
+
+
+class _PublishTwice(TaskHandler):
+    """A worker that sends every upload of client 0 twice (a network-level duplicate)."""
+
+    def _publish(self, task: TrainTask, body: bytes) -> None:
+        super()._publish(task, body)
+        if task.client_id == 0:
+            super()._publish(task, body)
+
+
+class _AckRequeues:
+    """A delivery whose ack puts the message back, as if the aggregator crashed after
+    recording the upload and before acking it."""
+
+    def __init__(self, inner: Delivery) -> None:
+        self.inner = inner
+        self.body, self.headers = inner.body, inner.headers
+        self.redelivered, self.queue = inner.redelivered, inner.queue
+
+    def ack(self) -> None:
+        self.inner.reject(requeue=True)
+
+    def reject(self, *, requeue: bool, reason: str = "") -> None:
+        self.inner.reject(requeue=requeue, reason=reason)
+
+
+class _RedeliverFirstUpload:
+    """Wraps the aggregator's transport so that its first upload is delivered twice."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.done = False
+
+    def get(self, queue: str, *, timeout_s: float) -> Delivery | None:
+        delivery = self.inner.get(queue, timeout_s=timeout_s)
+        if delivery is None or self.done or not queue.endswith(".uploads"):
+            return delivery
+        if len(delivery.body) < 64:  # the malformed probe, not a real upload
+            return delivery
+        self.done = True
+        return _AckRequeues(delivery)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_duplicates_redeliveries_and_malformed_uploads_are_counted_once_and_change_nothing(data):
+    config = FederationConfig(run_id=new_run_id(), **BASE)
+    expected = _embedded(config, data)
+    with federation(config, data) as fed, contextlib.ExitStack() as cleanup:
+        fed.start_cache_service()
+        fed.start_aggregator(wrap=_RedeliverFirstUpload)  # type: ignore[arg-type]
+        # Given a malformed body waiting in the upload queue
+        probe = fed.transport()
+        cleanup.callback(probe.close)
+        probe.publish("", routes.uploads_queue(config.run_id), b"\x82\xa1v\x01\xa4kind\xa6upload")
+        for k in range(config.clients):
+            fed.start_worker(k, handler_class=_PublishTwice)
+        fed.wait(180)
+        # Then every round accepted each client exactly once and the results are unchanged
+        assert fed.aggregator is not None
+        records = fed.aggregator.records
+        assert all(r.uploads.get("accepted") == config.clients for r in records)
+        outcomes: dict[str, int] = {}
+        for r in records:
+            for key, value in r.uploads.items():
+                outcomes[key] = outcomes.get(key, 0) + value
+        # client 0's second copy of each round (a "late" one once its round closed; the last
+        # round's copy may never be read) plus the redelivered first upload
+        assert outcomes.get("duplicate", 0) >= 1
+        assert outcomes.get("duplicate", 0) + outcomes.get("late", 0) >= config.rounds
+        assert outcomes["invalid"] == 1
+        _assert_same_federation(fed, expected)
+        # and the malformed body was dead-lettered with its origin
+        dead = probe.get(fed.dead_letter_queue, timeout_s=5)
+        assert dead is not None and dead.headers[HEADER_ORIGINAL_QUEUE] == routes.uploads_queue(
+            config.run_id
+        )
+        dead.ack()
+        value = fed.metrics.registry.get_sample_value(
+            "scarlet_uploads_total", {"outcome": "invalid"}
+        )
+        assert value == 1

@@ -43,9 +43,13 @@ def paper_task_bytes(task: TrainTask, num_classes: int) -> int:
     return total
 
 
-def paper_upload_bytes(upload: SoftLabelUpload, num_classes: int) -> int:
-    """Tensor bytes of an upload under the paper's accounting."""
-    return (_F32 * num_classes + _I64) * upload.indices.numel()
+def paper_upload_bytes(upload: SoftLabelUpload, num_classes: int, *, hard: bool = False) -> int:
+    """Tensor bytes of an upload under the paper's accounting.
+
+    With ``hard`` (CFD) a label is one int64 class index, as the official code counts it.
+    """
+    per_label = _I64 if hard else _F32 * num_classes
+    return (per_label + _I64) * upload.indices.numel()
 
 
 def dsfl_task_bytes(previous: int, requested: int, num_classes: int) -> int:

@@ -33,6 +33,7 @@ from shared.errors import CacheDesync, RoundStateConflict
 
 __all__ = [
     "NEVER",
+    "adaptive_reuse",
     "CacheCommit",
     "CacheSignal",
     "CatchUpDiff",
@@ -125,21 +126,31 @@ class ServerCache:
         """|P|."""
         return int(self.written.numel())
 
-    def plan_requests(self, drawn: Tensor, now: int, duration: int) -> RequestPlan:
+    def plan_requests(
+        self, drawn: Tensor, now: int, duration: int, *, reuse: Tensor | None = None
+    ) -> RequestPlan:
         """Split round ``now``'s drawn indices into requested and reused (both ascending).
 
         Args:
             drawn: (n,) distinct int64 public indices I_t.
             now: the round t being planned.
             duration: D.
+            reuse: (n,) bool decision of an adaptive policy (see :func:`adaptive_reuse`);
+                None applies the paper's rule, :func:`is_fresh`.
         """
-        fresh = is_fresh(self.written[drawn], now, duration)
+        fresh = is_fresh(self.written[drawn], now, duration) if reuse is None else reuse
         return RequestPlan(
             requested=torch.sort(drawn[~fresh]).values, reused=torch.sort(drawn[fresh]).values
         )
 
     def commit(
-        self, plan: RequestPlan, fresh_labels: Tensor, now: int, duration: int
+        self,
+        plan: RequestPlan,
+        fresh_labels: Tensor,
+        now: int,
+        duration: int,
+        *,
+        max_age: int | None = None,
     ) -> CacheCommit:
         """Apply round ``now``'s signals: the server half of the synchronization.
 
@@ -149,6 +160,9 @@ class ServerCache:
                 as clients will decode them.
             now: the round t.
             duration: D.
+            max_age: None for the paper's rule. With an adaptive policy, the oldest age a
+                reused entry may have; requested entries that are present are then
+                *refreshed* (overwritten, signalled NEWLY_CACHED) instead of expired.
 
         Returns:
             The commit, with per-index signals and the full target matrix.
@@ -165,13 +179,18 @@ class ServerCache:
         indices = plan.distill_indices
         previous_written = self.written[indices].clone()
         previous_labels = self.labels[indices].clone()
-        fresh = is_fresh(previous_written, now, duration)
         q = plan.requested.numel()
-        if bool(fresh[:q].any()) or not bool(fresh[q:].all()):
+        if max_age is None:
+            fresh = is_fresh(previous_written, now, duration)
+            consistent = not bool(fresh[:q].any()) and bool(fresh[q:].all())
+        else:
+            consistent = bool(is_fresh(previous_written[q:], now, max_age).all())
+        if not consistent:
             raise RoundStateConflict(
                 f"commit: round={now} cache changed since the round was planned"
             )
-        was_empty = previous_written[:q] == NEVER
+        # with an adaptive policy a requested entry that is present is refreshed in place
+        was_empty = (previous_written[:q] == NEVER) | (max_age is not None)
         signals = torch.full((indices.numel(),), int(CacheSignal.CACHED), dtype=torch.int64)
         signals[:q] = torch.where(
             was_empty, int(CacheSignal.NEWLY_CACHED), int(CacheSignal.EXPIRED)
@@ -190,6 +209,38 @@ class ServerCache:
     def digest(self) -> str:
         """SHA-256 over the written rounds and the labels of present entries (hex)."""
         return _digest(self.written, self.labels)
+
+
+def adaptive_reuse(
+    written: Tensor,
+    now: int,
+    duration: int,
+    max_duration: int,
+    drift: Tensor,
+    threshold: float,
+) -> Tensor:
+    """Staleness-aware reuse: refresh drifted entries early, keep stable ones longer.
+
+    An entry of age a (= now - written) is reused when it is present and either
+    a is within the paper's window (``is_fresh`` with D) and its drift is at most
+    ``threshold``, or D < a <= ``max_duration`` and its drift is at most ``threshold / 2``.
+
+    Args:
+        written: (n,) written rounds of the drawn entries (``NEVER`` when empty).
+        now: the round being planned.
+        duration: D.
+        max_duration: the longest reuse of a stable entry (>= D).
+        drift: (n,) distance in [0, 1] between each cached label and what the federation
+            now predicts for the sample (e.g. total variation to the server model's
+            sharpened prediction).
+        threshold: drift above which an entry is refreshed even inside the window.
+
+    Returns:
+        (n,) bool: True where the cached label is reused.
+    """
+    inside = is_fresh(written, now, duration) & (drift <= threshold)
+    longer = is_fresh(written, now, max_duration) & ~is_fresh(written, now, duration)
+    return inside | (longer & (drift <= threshold / 2))
 
 
 class ClientCache:

@@ -46,8 +46,10 @@ class FederationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     run_id: str = Field("run", description="name of this federation (queue and key prefix)")
-    algorithm: Literal["dsfl", "scarlet"] = Field(
-        "scarlet", description="dsfl: ERA, no cache; scarlet: cache + Enhanced ERA"
+    algorithm: Literal["dsfl", "scarlet", "cfd"] = Field(
+        "scarlet",
+        description="dsfl: ERA, no cache; scarlet: cache + Enhanced ERA; "
+        "cfd: hard-label votes up, server-model soft labels down",
     )
     dataset: str = Field(
         "fashion-mnist", description="fashion-mnist, mnist-5k, digits, cifar10, cifar100"
@@ -75,6 +77,17 @@ class FederationConfig(BaseModel):
     temperature: float = Field(0.1, gt=0, description="DS-FL ERA temperature (T)")
     beta: float = Field(2.0, gt=0, description="Enhanced ERA exponent (β)")
     cache_duration: int = Field(50, ge=0, description="cache duration D in rounds")
+    cache_policy: Literal["fixed", "adaptive"] = Field(
+        "fixed",
+        description="fixed: reuse for D rounds (the paper); adaptive: refresh drifted "
+        "entries early, keep stable ones up to max_cache_duration",
+    )
+    drift_threshold: float = Field(
+        0.2, gt=0, le=1, description="adaptive cache: total-variation drift that forces a refresh"
+    )
+    max_cache_duration: int = Field(
+        0, ge=0, description="adaptive cache: longest reuse of a stable entry (0: 2·D)"
+    )
     uplink_codec: str = Field(
         "q8+zstd", description="soft-label codec of uploads: f32, f16, q2..q8, +zstd"
     )
@@ -109,7 +122,7 @@ class FederationConfig(BaseModel):
     @property
     def sharpening(self) -> str:
         """The aggregation sharpening the algorithm uses."""
-        return "enhanced_era" if self.algorithm == "scarlet" else "era"
+        return {"scarlet": "enhanced_era", "dsfl": "era", "cfd": "none"}[self.algorithm]
 
     @property
     def uplink_spec(self) -> CodecSpec:
@@ -120,6 +133,11 @@ class FederationConfig(BaseModel):
     def downlink_spec(self) -> CodecSpec:
         """The parsed downlink codec."""
         return CodecSpec.parse(self.downlink_codec)
+
+    @property
+    def effective_max_cache_duration(self) -> int:
+        """The adaptive policy's longest reuse (``max_cache_duration``, or 2·D when 0)."""
+        return self.max_cache_duration or 2 * self.cache_duration
 
     @property
     def iid(self) -> bool:

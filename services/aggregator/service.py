@@ -39,6 +39,7 @@ from shared.rounds.aggregator import AggregatorCore, UploadOutcome
 from shared.rounds.aggregator_state import dump_aggregator, restore_aggregator
 from shared.rounds.server_model import ServerModel
 from shared.state.base import CacheUpdate, FederationStore
+from shared.training import predict
 from shared.transport.base import Transport
 from shared.transport.topology import declare_topology
 
@@ -144,7 +145,7 @@ class AggregatorService:
 
     def _open_round(self) -> None:
         start = self.clock()
-        tasks = self.core.open_round()
+        tasks = self.core.open_round(server_view=self._server_view)
         t = self.core.round
         previous = self._previous_drawn()
         ledger = ByteLedger()
@@ -192,6 +193,9 @@ class AggregatorService:
         deadline = start + self.settings.round_timeout_s
         queue = routes.uploads_queue(self.config.run_id)
         needed = max(1, math.ceil(self.settings.min_quorum * len(self.core.clients)))
+        # evaluated at scrape time: keeps counting while this thread is stuck
+        self.metrics.round_age_seconds.set_function(self._round_age)
+        self.metrics.clients_missing.set(len(self.core.missing()))
         while self.core.missing():
             if stop is not None and stop():
                 return False
@@ -231,7 +235,8 @@ class AggregatorService:
             # durable before acked: a crash after this line redelivers it as a duplicate
             if self.store.record_upload(upload.round, upload.client_id, body):
                 self.core.accept(upload)
-                up.paper += paper_upload_bytes(upload, self.num_classes)
+                hard = self.config.algorithm == "cfd"
+                up.paper += paper_upload_bytes(upload, self.num_classes, hard=hard)
                 up.baseline += dsfl_upload_bytes(self.config.public_per_round, self.num_classes)
                 up.labels += upload.indices.numel()
                 up.messages += 1
@@ -243,6 +248,13 @@ class AggregatorService:
         self._count_upload(outcome.value)
         self.progress.ledger_up = asdict(up)
         logger.info("collect: round=%s client=%s %s", upload.round, upload.client_id, outcome.value)
+
+    def _round_age(self) -> float:
+        # seconds since the open round started (wall clock, survives a restart); 0 when idle
+        p = self.progress
+        if p.stage == _STAGE_IDLE or not p.started:
+            return 0.0
+        return max(0.0, time.time() - p.started)
 
     def _count_upload(self, outcome: str) -> None:
         self.progress.uploads[outcome] = self.progress.uploads.get(outcome, 0) + 1
@@ -302,6 +314,9 @@ class AggregatorService:
         indices, targets = self._distill_set()
         start = self.clock()
         self.server.distill(indices, targets)
+        if self.config.algorithm == "cfd":
+            # CFD broadcasts the distilled server model's soft labels, not the vote shares
+            self.core.replace_downlink_labels(self._server_view(indices))
         self.metrics.round_phase_seconds.labels(phase="distill").observe(self.clock() - start)
         accuracy = self.server.evaluate()
         record = self._record(t, accuracy)
@@ -314,6 +329,9 @@ class AggregatorService:
         return record
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _server_view(self, indices: Tensor) -> Tensor:
+        return predict(self.server.model, self.server.public[indices])
 
     def _distill_set(self) -> tuple[Tensor, Tensor]:
         if self.core.last_commit is not None:
@@ -365,6 +383,12 @@ class AggregatorService:
             m.paper_bytes_total.labels(direction=direction).inc(paper)
             m.baseline_bytes_total.labels(direction=direction).inc(base)
             m.soft_labels_total.labels(direction=direction).inc(labels)
+        for direction, values in (
+            ("up", (r.wire_bytes_up, r.paper_bytes_up, r.baseline_bytes_up)),
+            ("down", (r.wire_bytes_down, r.paper_bytes_down, r.baseline_bytes_down)),
+        ):
+            for accounting, value in zip(("wire", "paper", "baseline"), values, strict=True):
+                m.round_bytes.labels(direction=direction, accounting=accounting).set(value)
         wire = r.wire_bytes_up + r.wire_bytes_down
         paper = r.paper_bytes_up + r.paper_bytes_down
         baseline = r.baseline_bytes_up + r.baseline_bytes_down

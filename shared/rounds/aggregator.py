@@ -15,10 +15,12 @@ import torch
 from torch import Tensor
 
 from shared.cache_policy import (
+    NEVER,
     CacheCommit,
     ClientMirrors,
     RequestPlan,
     ServerCache,
+    adaptive_reuse,
     targets_digest,
 )
 from shared.config import FederationConfig
@@ -106,8 +108,13 @@ class AggregatorCore:
         """Version of the global cache (0 without a cache)."""
         return 0 if self.cache is None else self.cache.version
 
-    def open_round(self) -> list[TrainTask]:
+    def open_round(self, server_view: Callable[[Tensor], Tensor] | None = None) -> list[TrainTask]:
         """Sample clients and public indices, plan the cache, build each client's task.
+
+        Args:
+            server_view: with the adaptive cache policy, maps public indices (n,) to the
+                server model's current predictions (n, C); the drift of each cached label
+                from them decides early refreshes and longer reuse.
 
         Raises:
             RoundStateConflict: when a round is already being collected.
@@ -124,12 +131,40 @@ class AggregatorCore:
             cfg.public_size, cfg.public_per_round, round_generator(cfg.seed, t, _PUBLIC_STREAM)
         )
         if self.cache is not None:
-            self.plan = self.cache.plan_requests(drawn, t, cfg.cache_duration)
+            reuse = self._adaptive_reuse(drawn, t, server_view)
+            self.plan = self.cache.plan_requests(drawn, t, cfg.cache_duration, reuse=reuse)
         else:
             self.plan = RequestPlan(torch.sort(drawn).values, torch.empty(0, dtype=torch.int64))
         self.uploads = {}
         self.phase = RoundPhase.COLLECTING
         return [self._task_for(k) for k in self.clients]
+
+    def _adaptive_reuse(
+        self, drawn: Tensor, t: int, server_view: Callable[[Tensor], Tensor] | None
+    ) -> Tensor | None:
+        cfg, cache = self.config, self.cache
+        if cfg.cache_policy != "adaptive" or cache is None:
+            return None
+        written = cache.written[drawn]
+        drift = torch.ones(drawn.numel())
+        present = written != NEVER
+        if server_view is not None and bool(present.any()):
+            view = sharpen(
+                server_view(drawn[present]),
+                method=cfg.sharpening,
+                temperature=cfg.temperature,
+                beta=cfg.beta,
+            )
+            # total variation distance between the cached label and today's view
+            drift[present] = 0.5 * (cache.labels[drawn[present]] - view).abs().sum(dim=1)
+        return adaptive_reuse(
+            written,
+            t,
+            cfg.cache_duration,
+            cfg.effective_max_cache_duration,
+            drift,
+            cfg.drift_threshold,
+        )
 
     def _task_for(self, client_id: int) -> TrainTask:
         assert self.plan is not None
@@ -197,7 +232,8 @@ class AggregatorCore:
         t, cfg, plan = self.round, self.config, self.plan
         fresh = self._aggregate(plan)
         if self.cache is not None:
-            commit = self.cache.commit(plan, fresh, t, cfg.cache_duration)
+            max_age = cfg.effective_max_cache_duration if cfg.cache_policy == "adaptive" else None
+            commit = self.cache.commit(plan, fresh, t, cfg.cache_duration, max_age=max_age)
             self.last_commit = commit
             self.downlink_targets = DistillTargets(
                 t, commit.indices, commit.signals, commit.fresh_labels
@@ -219,6 +255,27 @@ class AggregatorCore:
         )
         self.round, self.phase, self.uploads = t + 1, RoundPhase.IDLE, {}
         return result
+
+    def replace_downlink_labels(self, labels: Tensor) -> None:
+        """CFD: send the server model's predictions (n, C) instead of the aggregate.
+
+        Only for algorithms without a cache; the rows follow the last round's indices.
+
+        Raises:
+            RoundStateConflict: with a cache, or before any round closed.
+        """
+        previous = self.downlink_targets
+        if self.cache is not None or previous is None:
+            raise RoundStateConflict(
+                "replace: downlink labels can only be replaced without a cache"
+            )
+        if labels.shape != previous.fresh_labels.shape:
+            raise RoundStateConflict(
+                f"replace: expected labels of shape {tuple(previous.fresh_labels.shape)}"
+            )
+        self.downlink_targets = DistillTargets(
+            previous.round, previous.indices, None, self._roundtrip(labels)
+        )
 
     def _aggregate(self, plan: RequestPlan) -> Tensor:
         if not plan.requested.numel():

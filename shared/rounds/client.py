@@ -112,6 +112,9 @@ class ClientRuntime:
         times.train = time.perf_counter() - start
         start = time.perf_counter()
         probs = predict(self.model, self.public[task.request_indices])
+        if cfg.algorithm == "cfd":
+            # CFD uploads hard labels: the one-hot argmax, exactly representable by any codec
+            probs = torch.nn.functional.one_hot(probs.argmax(dim=1), self.num_classes).float()
         times.predict = time.perf_counter() - start
         self.last_times = times
         return SoftLabelUpload(

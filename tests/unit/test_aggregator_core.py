@@ -208,3 +208,42 @@ def test_a_blob_of_another_run_or_cache_version_is_refused():
             core.cache.written,
             core.cache.version + 1,
         )
+
+
+def test_cfd_aggregates_votes_without_sharpening_and_can_send_server_labels_instead():
+    core = AggregatorCore(_config(algorithm="cfd", downlink_codec="f32"), C)
+    _, uploads, result = _run_round(core)
+    mean = torch.stack([u.soft_labels for u in uploads]).mean(0)
+    assert torch.allclose(result.targets, mean, atol=1e-6)
+    server_labels = torch.softmax(torch.randn(result.indices.numel(), C), -1)
+    core.replace_downlink_labels(server_labels)
+    tasks = core.open_round()
+    assert tasks[0].targets is not None
+    assert torch.allclose(tasks[0].targets.fresh_labels, server_labels, atol=1e-6)
+    scarlet = AggregatorCore(_config(), C)
+    _run_round(scarlet)
+    with pytest.raises(RoundStateConflict):
+        scarlet.replace_downlink_labels(server_labels)
+
+
+def test_the_adaptive_policy_refreshes_entries_the_server_now_sees_differently():
+    cfg = _config(cache_policy="adaptive", cache_duration=5, public_size=10, public_per_round=10)
+
+    def view_of(core, disagree):
+        def view(idx):
+            assert core.cache is not None
+            labels = core.cache.labels[idx]
+            if disagree:  # certain of a class the cached label does not favour
+                wrong = (labels.argmax(1) + 1) % C
+                labels = torch.nn.functional.one_hot(wrong, C).float() * 0.98 + 0.02 / C
+            # Enhanced ERA (beta=2) of this view gives back exactly the labels
+            root = labels.sqrt()
+            return root / root.sum(1, keepdim=True)
+
+        return view
+
+    for disagree, expected_requests in ((True, 10), (False, 0)):
+        core = AggregatorCore(cfg, C)
+        _run_round(core)
+        tasks = core.open_round(server_view=view_of(core, disagree))
+        assert tasks[0].request_indices.numel() == expected_requests

@@ -11,6 +11,7 @@ from shared.cache_policy import (
     ClientCache,
     ClientMirrors,
     ServerCache,
+    adaptive_reuse,
     is_fresh,
 )
 from shared.errors import CacheDesync, RoundStateConflict
@@ -203,3 +204,39 @@ def test_a_client_that_missed_rounds_is_sent_the_labels_it_lacks_before_the_sign
     assert diff.update_indices.tolist() == [0, 1]
     assert torch.equal(diff.update_labels, c0.targets)
     assert mirrors.diff(0, c1).is_empty
+
+
+@pytest.mark.parametrize(
+    ("age", "drift", "reused"),
+    [
+        (1, 0.05, True),  # inside D, stable
+        (2, 0.30, False),  # inside D but drifted: refreshed early
+        (3, 0.05, True),  # past D, within max, very stable: kept longer
+        (3, 0.15, False),  # past D, only moderately stable
+        (5, 0.00, False),  # past max duration
+    ],
+)
+def test_adaptive_reuse_refreshes_drifted_entries_early_and_keeps_stable_ones_longer(
+    age, drift, reused
+):
+    # D = 2, max duration = 4, threshold = 0.2
+    got = adaptive_reuse(torch.tensor([10]), 10 + age, 2, 4, torch.tensor([drift]), 0.2)
+    assert bool(got[0]) is reused
+
+
+def test_an_adaptive_commit_refreshes_present_entries_in_place_and_clients_follow():
+    server, client = ServerCache(4, 2), ClientCache(4, 2)
+    c0 = server.commit(
+        server.plan_requests(torch.tensor([0, 1]), 0, 3), _labels_for(0, [0, 1]), 0, 3, max_age=6
+    )
+    client.restore(0, c0.indices, c0.signals, c0.fresh_labels)
+    # round 1: entry 0 drifted (refresh), entry 1 reused
+    plan = server.plan_requests(torch.tensor([0, 1]), 1, 3, reuse=torch.tensor([False, True]))
+    c1 = server.commit(plan, _labels_for(1, [0]), 1, 3, max_age=6)
+    assert c1.signals.tolist() == [int(N), int(C_)]
+    assert server.written.tolist()[:2] == [1, 0]
+    assert torch.equal(client.restore(1, c1.indices, c1.signals, c1.fresh_labels), c1.targets)
+    assert client.digest() == server.digest()
+    # an entry kept past D (age 5 <= max 6) is accepted by the commit
+    plan = server.plan_requests(torch.tensor([1]), 5, 3, reuse=torch.tensor([True]))
+    assert server.commit(plan, torch.empty(0, 2), 5, 3, max_age=6).signals.tolist() == [int(C_)]

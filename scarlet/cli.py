@@ -3,6 +3,7 @@
 Subcommands:
   simulate       run a whole federation (K clients + server) in one process
   up             run it as real services (cache, aggregator, workers) on RabbitMQ and Redis
+  report         plot results files as PNGs (accuracy vs bytes, bytes per round)
   check-config   validate a configuration and print the effective values
 """
 
@@ -59,6 +60,14 @@ def make_parser() -> argparse.ArgumentParser:
     add_model_flags(up, FederationConfig)
     add_model_flags(up, ServiceSettings)
 
+    report = sub.add_parser(
+        "report",
+        help="plot results files (PNG)",
+        description="Write accuracy_vs_bytes.png and bytes_per_round.png for the runs given.",
+    )
+    report.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="results files")
+    report.add_argument("--out", type=Path, default=Path("runs/report"), help="folder for PNGs")
+
     check = sub.add_parser("check-config", help="validate and print the effective config")
     _common(check)
     add_model_flags(check, FederationConfig)
@@ -79,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
+        if args.command == "report":
+            return _report(args.results, args.out)
         config = load_config(
             FederationConfig,
             path=args.config,
@@ -139,6 +150,15 @@ def _simulate(config: FederationConfig, out: Path, *, progress: bool) -> int:
         f"{s['baseline_bytes_total'] / 2**20:.1f} MiB; wire {s['wire_bytes_total'] / 2**20:.1f} MiB"
     )
     print(f"scarlet: results written to {path}")
+    return EXIT_OK
+
+
+def _report(results: list[Path], out: Path) -> int:
+    # imported here so that the other commands never load matplotlib
+    from scarlet.report import write_report
+
+    for path in write_report(results, out):
+        print(f"scarlet: wrote {path}")
     return EXIT_OK
 
 

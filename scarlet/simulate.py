@@ -23,7 +23,7 @@ from shared.protocol import routes
 from shared.protocol.codec import DecodeLimits
 from shared.results import RoundRecord, RunResults
 from shared.rounds.client import ClientRuntime
-from shared.rounds.setup import build_runtime, prepare_data
+from shared.rounds.setup import apply_threads, build_runtime, prepare_data
 from shared.state.memory import MemoryFederationStore
 from shared.transport.memory import InMemoryTransport
 
@@ -56,6 +56,7 @@ class EmbeddedFederation:
     def __init__(
         self, config: FederationConfig, data: FederatedData, metrics: Metrics | None = None
     ) -> None:
+        apply_threads(config)
         self.config = config
         self.data = data
         self.metrics = metrics or Metrics.create()

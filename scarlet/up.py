@@ -4,6 +4,16 @@ It starts the cache service, the aggregator and the workers (one per client in p
 mode, ``--workers`` in pool mode), follows the aggregator's progress through the store,
 prints the same per-round lines and results file as ``scarlet simulate``, and stops every
 process cleanly at the end, on Ctrl-C, or when one of them fails.
+
+Metrics: with ``metrics_port`` N set (``scarlet up --metrics-port N``), N is a base port:
+the cache service serves ``/metrics`` on N, the aggregator on N+1 and the workers on N+2,
+N+3, ... (one port per process; the shared configuration file says 0 and each child gets
+``--metrics-port`` on its command line, flags win over the file). It then writes a
+Prometheus ``file_sd_configs`` file listing those ports with a ``service`` label, by default
+``targets/<run_id>.json`` beside the run folder (``runs/targets/<run_id>.json`` for the
+default ``runs/<run_id>``; ``deploy/prometheus/prometheus.yml`` watches
+``runs/targets/*.json``: Prometheus globs file names only, not folders), and empties it
+when the run stops, so a finished run's targets leave Prometheus.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from typing import IO
 from tqdm import tqdm
 
 from shared.config import FederationConfig, ServiceSettings, dump_toml
-from shared.errors import TransportError
+from shared.errors import ConfigError, TransportError
 from shared.protocol import routes
 from shared.results import RoundRecord, RunResults, format_round_line
 from shared.state import open_federation_store
@@ -32,6 +42,7 @@ from shared.transport import open_transport
 __all__ = ["Launcher"]
 
 _STOP_GRACE_S = 15.0
+_METRICS_HOST = "127.0.0.1"
 
 
 @dataclass
@@ -51,6 +62,11 @@ class Launcher:
         workers: pool-mode worker count (pinned mode runs one worker per client).
         run_dir: where the children's logs and configuration go.
         fresh: delete the run's previous state and queues first.
+        targets_path: the Prometheus targets file (default
+            ``<run_dir>/../targets/<run_id>.json``).
+
+    ``settings.metrics_port`` is the base of the children's metrics ports (0: no metrics);
+    see :meth:`metrics_ports`.
     """
 
     config: FederationConfig
@@ -59,12 +75,20 @@ class Launcher:
     run_dir: Path
     fresh: bool = True
     children: list[_Child] = field(default_factory=list)
+    targets_path: Path | None = None
 
     def run(self, out: Path, progress: bool = True) -> int:
         """Run the federation to its end; returns an exit status (0 on success)."""
         store = open_federation_store(self.settings.redis_url, self.config.run_id)
         self.prepare(store)
         config_path = self.write_config()
+        ports = self.metrics_ports()
+        if ports:
+            print(
+                f"scarlet: /metrics on ports {min(ports.values())}-{max(ports.values())} "
+                f"(cache, aggregator, workers); Prometheus targets in {self.targets_file}",
+                file=sys.stderr,
+            )
         start = time.perf_counter()
         bar = tqdm(total=self.config.rounds, unit="round", disable=not progress, file=sys.stderr)
         seen = 0
@@ -133,15 +157,81 @@ class Launcher:
         base = ["--config", str(config_path)]
         self.start("cache", ["services.cache", "run", *base])
         self.start("aggregator", ["services.aggregator", "run", *base])
-        if self.settings.worker_mode == "pool":
-            for i in range(self.workers):
-                self.start(f"worker-{i}", ["services.worker", "run", "--pool", *base])
-        else:
-            for k in range(self.config.clients):
-                self.start(f"worker-{k}", ["services.worker", "run", "--client", str(k), *base])
+        for k, name in enumerate(self.worker_names()):
+            mode = ["--pool"] if self.settings.worker_mode == "pool" else ["--client", str(k)]
+            self.start(name, ["services.worker", "run", *mode, *base])
+
+    def worker_names(self) -> list[str]:
+        """The children names of the workers, in start order."""
+        count = self.workers if self.settings.worker_mode == "pool" else self.config.clients
+        return [f"worker-{i}" for i in range(count)]
+
+    def metrics_ports(self) -> dict[str, int]:
+        """Child name -> its /metrics port: cache N, aggregator N+1, workers N+2...
+
+        Empty when ``settings.metrics_port`` (the base N) is 0.
+
+        Raises:
+            ConfigError: the ports would run past 65535.
+        """
+        base = self.settings.metrics_port
+        if not base:
+            return {}
+        names = ["cache", "aggregator", *self.worker_names()]
+        if base + len(names) - 1 > 65535:
+            raise ConfigError(
+                f"metrics_port: {len(names)} processes need ports {base}-"
+                f"{base + len(names) - 1}, past 65535; choose a lower base port"
+            )
+        return {name: base + i for i, name in enumerate(names)}
+
+    @property
+    def targets_file(self) -> Path:
+        """Where :meth:`write_targets` writes."""
+        if self.targets_path is not None:
+            return self.targets_path
+        return self.run_dir.parent / "targets" / f"{self.config.run_id}.json"
+
+    def write_targets(self) -> Path | None:
+        """Write the Prometheus file_sd targets file of the metrics ports (None: no metrics).
+
+        One target group per service (``cache``, ``aggregator``, ``worker``), each with a
+        ``service`` label the dashboard and the alerts select on.
+        """
+        ports = self.metrics_ports()
+        if not ports:
+            return None
+        groups: dict[str, list[str]] = {}
+        for name, port in ports.items():
+            service = "worker" if name.startswith("worker-") else name
+            groups.setdefault(service, []).append(f"{_METRICS_HOST}:{port}")
+        doc: list[dict[str, object]] = [
+            {"targets": t, "labels": {"service": s}} for s, t in groups.items()
+        ]
+        return self._write_targets_doc(doc)
+
+    def clear_targets(self) -> None:
+        """Empty the targets file (if written): Prometheus stops scraping this run."""
+        if self.metrics_ports() and self.targets_file.exists():
+            self._write_targets_doc([])
+
+    def _write_targets_doc(self, doc: list[dict[str, object]]) -> Path:
+        path = self.targets_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")  # not *.json: Prometheus ignores it
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(path)  # Prometheus watches the file: never let it read half of it
+        return path
 
     def start(self, name: str, module_args: list[str]) -> None:
-        """Start ``python -m <module_args>`` as child ``name``, logging to ``<name>.log``."""
+        """Start ``python -m <module_args>`` as child ``name``, logging to ``<name>.log``.
+
+        A child with a metrics port (:meth:`metrics_ports`) gets ``--metrics-port`` on its
+        command line, also when it is started again after a crash.
+        """
+        port = self.metrics_ports().get(name)
+        if port is not None and "--metrics-port" not in module_args:
+            module_args = [*module_args, "--metrics-port", str(port)]
         log = (self.run_dir / f"{name}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(
@@ -161,15 +251,27 @@ class Launcher:
     def write_config(self) -> Path:
         """Write the children's configuration file; returns its path.
 
+        Many processes share few cores: unless ``threads`` is set, each child runs torch on
+        one thread (several threads per process only fight over the cores).
+
         Pool workers are separate processes: an in-memory client state store cannot be
-        shared between them, so a file store under the run folder replaces it.
+        shared between them, so a file store under the run folder replaces it. The file says
+        ``metrics_port = 0``: each child gets its own port on its command line, and the
+        Prometheus targets file (:meth:`write_targets`) is written beside it.
+
+        Raises:
+            ConfigError: the metrics ports would run past 65535.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.threads == 0:
+            self.config = self.config.model_copy(update={"threads": 1})
         if self.settings.worker_mode == "pool" and self.settings.state_url.startswith("memory:"):
             state = f"file://{(self.run_dir / 'client-state').resolve()}"
             self.settings = self.settings.model_copy(update={"state_url": state})
         path = self.run_dir / "config.toml"
-        path.write_text(dump_toml(self.config, self.settings))
+        shared = self.settings.model_copy(update={"metrics_port": 0})
+        path.write_text(dump_toml(self.config, shared))
+        self.write_targets()
         return path
 
     def _failed(self) -> _Child | None:
@@ -183,7 +285,11 @@ class Launcher:
         return None
 
     def stop_all(self) -> None:
-        """SIGTERM every child still running, wait, then SIGKILL stragglers."""
+        """SIGTERM every child still running, wait, then SIGKILL stragglers.
+
+        The Prometheus targets file is emptied first.
+        """
+        self.clear_targets()
         for child in self.children:
             if child.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -8,7 +8,7 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
 want_pkgs=()
-for pkg in dataset-fashion-mnist rabbitmq-server redis-server; do
+for pkg in dataset-fashion-mnist rabbitmq-server redis-server prometheus; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || want_pkgs+=("$pkg")
 done
 if [ ${#want_pkgs[@]} -gt 0 ]; then
@@ -18,7 +18,8 @@ if [ ${#want_pkgs[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${want_pkgs[@]}" >/dev/null 2>&1 || {
       apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${want_pkgs[@]}" >/dev/null
     }
-    # the Debian packages start their daemons through init scripts we do not rely on
+    # the Debian packages start their daemons through init scripts we do not rely on;
+    # prometheus (with promtool) serves the observability tests, each on its own port
   else
     echo "install: missing system packages (${want_pkgs[*]}); install them with sudo apt-get install" >&2
   fi

@@ -98,6 +98,13 @@ class FederationConfig(BaseModel):
         1, ge=0, description="evaluate clients every N rounds (0: never)"
     )
     seed: int = Field(42, ge=0, description="seed of every random draw")
+    threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="torch threads per process (0: torch's default); runs with equal values "
+        "give bit-identical soft labels",
+    )
 
     @field_validator("uplink_codec", "downlink_codec")
     @classmethod

@@ -31,7 +31,7 @@ from shared.config import FederationConfig, ServiceSettings
 from shared.errors import ScarletError
 from shared.metrics import Metrics
 from shared.results import RoundRecord, RunResults, format_round_line
-from shared.rounds.setup import prepare_data
+from shared.rounds.setup import apply_threads, prepare_data
 from shared.state import open_federation_store
 from shared.transport import open_transport
 from shared.transport.topology import declare_topology
@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: FederationConfig, settings: ServiceSettings, out: Path | None) -> None:
+    apply_threads(config)
     data = prepare_data(config)
     metrics = Metrics.create()
     serve_metrics(settings.metrics_port, metrics.registry)

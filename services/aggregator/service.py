@@ -213,6 +213,7 @@ class AggregatorService:
             if delivery is None:
                 continue
             self._on_upload(delivery.body, delivery.ack, delivery.reject)
+        self.metrics.clients_missing.set(len(self.core.missing()))
         self.metrics.round_phase_seconds.labels(phase="collect").observe(self.clock() - start)
         return True
 

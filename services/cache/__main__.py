@@ -8,7 +8,9 @@ Configuration, lowest precedence first: defaults < ``--config FILE`` (TOML:
 :class:`~shared.config.FederationConfig` keys at the top level,
 :class:`~shared.config.ServiceSettings` keys under ``[service]``) < ``SCARLET_*``
 environment variables < command-line flags (one per key, e.g. ``--run-id``,
-``--redis-url``).
+``--redis-url``). With ``metrics_port`` set (``--metrics-port N``) it serves Prometheus
+metrics on ``http://0.0.0.0:N/metrics`` (``scarlet_cache_sync_requests_total{outcome}``, the
+cache-sync bytes and dead letters).
 
 Exit status: 0 done, 1 configuration or runtime error (message on stderr), 2 usage.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from services.cache.service import CacheService
+from shared.cli import serve_metrics
 from shared.config import (
     FederationConfig,
     ServiceSettings,
@@ -36,6 +39,7 @@ from shared.config import (
     redacted,
 )
 from shared.errors import ConfigError, ScarletError
+from shared.metrics import Metrics
 from shared.protocol.codec import DecodeLimits
 from shared.state import open_federation_store
 from shared.state.base import check_run_id
@@ -147,6 +151,8 @@ def _effective(
 
 def _serve(config: FederationConfig, settings: ServiceSettings, limits: DecodeLimits) -> None:
     """Serve until SIGTERM/SIGINT; the transport and store are closed on every path."""
+    metrics = Metrics.create()
+    serve_metrics(settings.metrics_port, metrics.registry)
     stop = threading.Event()
     with contextlib.ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop))
@@ -161,7 +167,7 @@ def _serve(config: FederationConfig, settings: ServiceSettings, limits: DecodeLi
         close_store = getattr(store, "close", None)
         if callable(close_store):
             stack.callback(close_store)
-        service = CacheService(transport, store, config.run_id, limits)
+        service = CacheService(transport, store, config.run_id, limits, metrics)
         service.declare()
         service.serve_forever(stop)
 

@@ -42,6 +42,7 @@ from shared.errors import (
     TransportError,
     TransportUnavailable,
 )
+from shared.metrics import Metrics
 from shared.protocol.cache_sync import (
     HEADER_REQUEST_ID,
     CacheSyncRequest,
@@ -74,11 +75,20 @@ class CacheService:
         run_id: the run whose RPC queue this service consumes.
         limits: the run's decode limits (|P|, C, body size): requests are decoded with
             them, and a reply that would break them is replaced by an error reply.
+        metrics: metric catalogue (a private registry when None): requests per outcome,
+            the bytes of requests received and replies published (kind ``cache_sync``,
+            also counted as overhead: DS-FL never needs them) and dead letters.
     """
 
     def __init__(
-        self, transport: Transport, store: FederationStore, run_id: str, limits: DecodeLimits
+        self,
+        transport: Transport,
+        store: FederationStore,
+        run_id: str,
+        limits: DecodeLimits,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics.create()
         self._transport = transport
         self._store = store
         self._run_id = run_id
@@ -135,6 +145,7 @@ class CacheService:
 
     def _handle(self, delivery: Delivery) -> None:
         started = time.perf_counter()
+        self._count_bytes("up", len(delivery.body))
         try:
             request = decode_sync_request(delivery.body, self._limits)
             if request.run_id != self._run_id:
@@ -142,7 +153,7 @@ class CacheService:
         except ProtocolError as e:
             logger.warning("sync: run=%s dead-lettering invalid request: %s", self._run_id, e)
             delivery.reject(requeue=False, reason=str(e)[:_REASON_CHARS])
-            self.stats["invalid"] += 1
+            self._count("invalid", dead_lettered=True)
             return
         response, outcome = self._answer(request)
         try:
@@ -158,10 +169,10 @@ class CacheService:
                 e,
             )
             delivery.reject(requeue=False, reason=f"reply failed: {e}"[:_REASON_CHARS])
-            self.stats["unroutable"] += 1
+            self._count("unroutable", dead_lettered=True)
             return
         delivery.ack()  # only now: the reply is confirmed, a crash before this re-answers
-        self.stats[outcome] += 1
+        self._count(outcome)
         logger.info(
             "sync: run=%s client=%s %s since=%s -> version=%d full=%s entries=%d cleared=%d "
             "in %.3f s",
@@ -175,6 +186,16 @@ class CacheService:
             response.cleared.numel(),
             time.perf_counter() - started,
         )
+
+    def _count(self, outcome: str, *, dead_lettered: bool = False) -> None:
+        self.stats[outcome] += 1
+        self.metrics.cache_sync_requests_total.labels(outcome=outcome).inc()
+        if dead_lettered:
+            self.metrics.dead_letters_total.labels(kind="cache_sync").inc()
+
+    def _count_bytes(self, direction: str, size: int) -> None:
+        self.metrics.bytes_total.labels(direction=direction, kind="cache_sync").inc(size)
+        self.metrics.bytes_overhead_total.labels(reason="cache_sync").inc(size)
 
     def _answer(self, request: CacheSyncRequest) -> tuple[CacheSyncResponse, str]:
         """The response to ``request`` and its outcome name."""
@@ -266,6 +287,7 @@ class CacheService:
         if len(body) <= self._limits.max_body_bytes:
             try:
                 self._transport.publish("", request.reply_to, body, headers)
+                self._count_bytes("down", len(body))
                 return response, outcome
             except MessageTooLarge:
                 pass  # the transport's own limit is lower than the decode limit
@@ -274,5 +296,7 @@ class CacheService:
             "store_error",
             f"store error: the reply of {len(body)} bytes is over the message size limit",
         )
-        self._transport.publish("", request.reply_to, encode_sync_response(response), headers)
+        body = encode_sync_response(response)
+        self._transport.publish("", request.reply_to, body, headers)
+        self._count_bytes("down", len(body))
         return response, outcome

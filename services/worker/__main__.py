@@ -34,7 +34,7 @@ from shared.errors import ConfigError, ScarletError
 from shared.metrics import Metrics
 from shared.protocol import routes
 from shared.protocol.codec import DecodeLimits
-from shared.rounds.setup import build_runtime, prepare_data
+from shared.rounds.setup import apply_threads, build_runtime, prepare_data
 from shared.state import open_client_store
 from shared.transport import open_transport
 from shared.transport.base import Transport
@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, config: FederationConfig, settings: ServiceSettings) -> None:
+    apply_threads(config)
     data = prepare_data(config)
     metrics = Metrics.create()
     serve_metrics(settings.metrics_port, metrics.registry)

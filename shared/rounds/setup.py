@@ -6,11 +6,23 @@ aggregator, each pinned worker (which keeps only its own shard) and the simulati
 
 from __future__ import annotations
 
+import torch
+
 from shared.config import FederationConfig
 from shared.data import FederatedData, load_dataset, split_federation
 from shared.rounds.client import ClientRuntime
 
-__all__ = ["build_runtime", "prepare_data"]
+__all__ = ["apply_threads", "build_runtime", "prepare_data"]
+
+
+def apply_threads(config: FederationConfig) -> None:
+    """Set torch's intra-op threads from ``config.threads`` (0 leaves torch's default).
+
+    Float reductions depend on the thread count, so processes that must agree bit for bit
+    (the embedded run and the services) use the same value.
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
 
 
 def prepare_data(config: FederationConfig) -> FederatedData:

@@ -33,7 +33,15 @@ BASE = dict(
     distill_epochs=2,
     server_distill_epochs=2,
     cache_duration=1,
+    threads=1,  # the launched services and the embedded reference must agree bit for bit
 )
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -90,9 +90,17 @@ def load_service_config(args: argparse.Namespace) -> tuple[FederationConfig, Ser
     return config, settings
 
 
-def effective_config(config: FederationConfig, settings: ServiceSettings) -> str:
-    """The effective configuration as JSON, credentials redacted."""
-    doc = {"federation": config.model_dump(), SERVICE_SECTION: redacted(settings.model_dump())}
+def effective_config(
+    config: FederationConfig,
+    settings: ServiceSettings,
+    extra: dict[str, object] | None = None,
+) -> str:
+    """The effective configuration as JSON, credentials redacted (plus ``extra`` tables)."""
+    doc = {
+        "federation": config.model_dump(),
+        SERVICE_SECTION: redacted(settings.model_dump()),
+        **(extra or {}),
+    }
     return json.dumps(doc, indent=2)
 
 

@@ -19,25 +19,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from types import FrameType
+from collections.abc import Sequence
 
 from services.cache.service import CacheService
-from shared.cli import serve_metrics
-from shared.config import (
-    FederationConfig,
-    ServiceSettings,
-    add_model_flags,
-    flag_overrides,
-    load_config,
-    redacted,
+from shared.cli import (
+    EXIT_ERROR,
+    EXIT_OK,
+    effective_config,
+    load_service_config,
+    make_service_parser,
+    serve_metrics,
+    setup_logging,
+    stop_on_signals,
 )
+from shared.config import FederationConfig, ServiceSettings
 from shared.errors import ConfigError, ScarletError
 from shared.metrics import Metrics
 from shared.protocol.codec import DecodeLimits
@@ -49,8 +46,6 @@ __all__ = ["dataset_classes", "main", "make_parser"]
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_ERROR = 0, 1
-SERVICE_SECTION = "service"
 
 _CLASSES = {"fashion-mnist": 10, "mnist-5k": 10, "digits": 10, "cifar10": 10, "cifar100": 100}
 
@@ -69,43 +64,33 @@ def dataset_classes(name: str) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of ``scarlet-cache`` (``python -m services.cache``)."""
-    parser = argparse.ArgumentParser(
-        prog="scarlet-cache",
-        description="SCARLET cache service: answers workers' cache-sync requests.",
+    return make_service_parser(
+        "scarlet-cache",
+        "SCARLET cache service: answers workers' cache-sync requests.",
+        {"run": "serve cache-sync requests until SIGTERM/SIGINT"},
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (
-        ("run", "serve cache-sync requests until SIGTERM/SIGINT"),
-        ("check-config", "validate and print the effective configuration"),
-    ):
-        command = sub.add_parser(name, help=text, description=text)
-        command.add_argument("--config", type=Path, help="TOML configuration file")
-        add_model_flags(command, FederationConfig)
-        add_model_flags(command, ServiceSettings)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``scarlet-cache``; returns the process exit status."""
     args = make_parser().parse_args(argv)
     try:
-        config, settings = _load(args)
+        config, settings = load_service_config(args)
         limits = DecodeLimits(
             public_size=config.public_size,
             num_classes=dataset_classes(config.dataset),
             max_body_bytes=settings.max_message_bytes,
         )
-        level = _log_level(settings.log_level)
         check_run_id(config.run_id)
+        effective = effective_config(config, settings, {"limits": _limits_table(limits)})
+        if args.command == "check-config":
+            print(effective)
+            return EXIT_OK
+        setup_logging(settings.log_level, "cache")
     except (ConfigError, ValueError) as e:
         print(f"scarlet-cache: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    effective = _effective(config, settings, limits)
-    if args.command == "check-config":
-        print(json.dumps(effective, indent=2))
-        return EXIT_OK
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logger.info("config: %s", json.dumps(effective))
+    logger.info("config: %s", effective.replace("\n", " "))
     try:
         _serve(config, settings, limits)
     except ScarletError as e:
@@ -115,37 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _load(args: argparse.Namespace) -> tuple[FederationConfig, ServiceSettings]:
-    config = load_config(
-        FederationConfig, path=args.config, overrides=flag_overrides(args, FederationConfig)
-    )
-    settings = load_config(
-        ServiceSettings,
-        path=args.config,
-        overrides=flag_overrides(args, ServiceSettings),
-        section=SERVICE_SECTION,
-    )
-    return config, settings
-
-
-def _log_level(name: str) -> int:
-    level = logging.getLevelName(name.upper())
-    if not isinstance(level, int):
-        raise ConfigError(f"log_level: unknown level {name!r} (DEBUG, INFO, WARNING, ERROR)")
-    return level
-
-
-def _effective(
-    config: FederationConfig, settings: ServiceSettings, limits: DecodeLimits
-) -> dict[str, object]:
+def _limits_table(limits: DecodeLimits) -> dict[str, object]:
     return {
-        "federation": config.model_dump(),
-        SERVICE_SECTION: redacted(settings.model_dump()),
-        "limits": {
-            "public_size": limits.public_size,
-            "num_classes": limits.num_classes,
-            "max_body_bytes": limits.max_body_bytes,
-        },
+        "public_size": limits.public_size,
+        "num_classes": limits.num_classes,
+        "max_body_bytes": limits.max_body_bytes,
     }
 
 
@@ -153,9 +112,7 @@ def _serve(config: FederationConfig, settings: ServiceSettings, limits: DecodeLi
     """Serve until SIGTERM/SIGINT; the transport and store are closed on every path."""
     metrics = Metrics.create()
     serve_metrics(settings.metrics_port, metrics.registry)
-    stop = threading.Event()
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_stop_on_signals(stop))
+    with stop_on_signals() as stop, contextlib.ExitStack() as stack:
         transport = open_transport(
             settings.broker_url,
             heartbeat_s=settings.heartbeat_s,
@@ -170,22 +127,6 @@ def _serve(config: FederationConfig, settings: ServiceSettings, limits: DecodeLi
         service = CacheService(transport, store, config.run_id, limits, metrics)
         service.declare()
         service.serve_forever(stop)
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Set ``stop`` on SIGTERM and SIGINT (main thread only); restore the handlers after."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()  # no logging here: the handler may interrupt a log call
-
-    signals = (signal.SIGTERM, signal.SIGINT)
-    previous = {s: signal.signal(s, handler) for s in signals}
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
 
 
 if __name__ == "__main__":

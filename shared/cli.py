@@ -28,6 +28,7 @@ from shared.config import (
     redacted,
 )
 from shared.errors import ConfigError
+from shared.transport import Transport, open_transport
 
 __all__ = [
     "EXIT_ERROR",
@@ -36,6 +37,7 @@ __all__ = [
     "effective_config",
     "load_service_config",
     "make_service_parser",
+    "open_service_transport",
     "serve_metrics",
     "setup_logging",
     "stop_on_signals",
@@ -143,3 +145,17 @@ def stop_on_signals() -> Iterator[threading.Event]:
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
+
+
+def open_service_transport(settings: ServiceSettings, connection_name: str) -> Transport:
+    """The broker connection of a service process, with the configured heartbeat and limit.
+
+    Raises:
+        TransportUnavailable: the broker cannot be reached within the reconnect budget.
+    """
+    return open_transport(
+        settings.broker_url,
+        heartbeat_s=settings.heartbeat_s,
+        max_message_bytes=settings.max_message_bytes,
+        connection_name=connection_name,
+    )

@@ -23,6 +23,7 @@ from shared.cli import (
     effective_config,
     load_service_config,
     make_service_parser,
+    open_service_transport,
     serve_metrics,
     setup_logging,
     stop_on_signals,
@@ -33,7 +34,6 @@ from shared.metrics import Metrics
 from shared.results import RoundRecord, RunResults, format_round_line
 from shared.rounds.setup import apply_threads, prepare_data
 from shared.state import open_federation_store
-from shared.transport import open_transport
 from shared.transport.topology import declare_topology
 
 __all__ = ["main", "make_parser"]
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(settings.log_level, "aggregator")
         logger.info("config: %s", effective_config(config, settings).replace("\n", " "))
         if args.command == "declare-topology":
-            transport = open_transport(settings.broker_url)
+            transport = open_service_transport(settings, f"scarlet-aggregator/{config.run_id}")
             declare_topology(transport, config, settings.worker_mode)
             transport.close()
             return EXIT_OK
@@ -88,12 +88,7 @@ def _run(config: FederationConfig, settings: ServiceSettings, out: Path | None) 
     metrics = Metrics.create()
     serve_metrics(settings.metrics_port, metrics.registry)
     with stop_on_signals() as stop, contextlib.ExitStack() as stack:
-        transport = open_transport(
-            settings.broker_url,
-            heartbeat_s=settings.heartbeat_s,
-            max_message_bytes=settings.max_message_bytes,
-            connection_name=f"scarlet-aggregator/{config.run_id}",
-        )
+        transport = open_service_transport(settings, f"scarlet-aggregator/{config.run_id}")
         stack.callback(transport.close)
         store = open_federation_store(settings.redis_url, config.run_id)
         service = AggregatorService(config, settings, data, transport, store, metrics)

@@ -30,6 +30,7 @@ from shared.cli import (
     effective_config,
     load_service_config,
     make_service_parser,
+    open_service_transport,
     serve_metrics,
     setup_logging,
     stop_on_signals,
@@ -40,7 +41,6 @@ from shared.metrics import Metrics
 from shared.protocol.codec import DecodeLimits
 from shared.state import open_federation_store
 from shared.state.base import check_run_id
-from shared.transport import open_transport
 
 __all__ = ["dataset_classes", "main", "make_parser"]
 
@@ -113,12 +113,7 @@ def _serve(config: FederationConfig, settings: ServiceSettings, limits: DecodeLi
     metrics = Metrics.create()
     serve_metrics(settings.metrics_port, metrics.registry)
     with stop_on_signals() as stop, contextlib.ExitStack() as stack:
-        transport = open_transport(
-            settings.broker_url,
-            heartbeat_s=settings.heartbeat_s,
-            max_message_bytes=settings.max_message_bytes,
-            connection_name=f"scarlet-cache/{config.run_id}",
-        )
+        transport = open_service_transport(settings, f"scarlet-cache/{config.run_id}")
         stack.callback(transport.close)
         store = open_federation_store(settings.redis_url, config.run_id)
         close_store = getattr(store, "close", None)

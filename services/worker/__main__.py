@@ -25,6 +25,7 @@ from shared.cli import (
     effective_config,
     load_service_config,
     make_service_parser,
+    open_service_transport,
     serve_metrics,
     setup_logging,
     stop_on_signals,
@@ -36,7 +37,6 @@ from shared.protocol import routes
 from shared.protocol.codec import DecodeLimits
 from shared.rounds.setup import apply_threads, build_runtime, prepare_data
 from shared.state import open_client_store
-from shared.transport import open_transport
 from shared.transport.base import Transport
 from shared.transport.topology import declare_client_queue, declare_pool_queue
 
@@ -95,12 +95,7 @@ def _serve(args: argparse.Namespace, config: FederationConfig, settings: Service
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     limits = DecodeLimits(config.public_size, data.num_classes, settings.max_message_bytes)
     with stop_on_signals() as stop, contextlib.ExitStack() as stack:
-        transport = open_transport(
-            settings.broker_url,
-            heartbeat_s=settings.heartbeat_s,
-            max_message_bytes=settings.max_message_bytes,
-            connection_name=f"scarlet-worker/{worker_id}",
-        )
+        transport = open_service_transport(settings, f"scarlet-worker/{worker_id}")
         stack.callback(transport.close)
         run = config.run_id
         if args.pool:

@@ -47,6 +47,10 @@ from shared.transport.base import Delivery, QueueSpec, Transport
 
 __all__ = ["CacheResync"]
 
+
+# a killed worker cannot delete its reply queue; the broker drops it after an idle hour
+_REPLY_QUEUE_EXPIRES_S = 3600.0
+
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.25  # longest single wait on the reply queue
@@ -98,7 +102,9 @@ class CacheResync:
             TransportError: the queue exists with other settings.
             TransportUnavailable: the broker cannot be reached.
         """
-        self._transport.declare(queues=[QueueSpec(self.reply_queue, dead_letter=True)])
+        self._transport.declare(
+            queues=[QueueSpec(self.reply_queue, dead_letter=True, expires_s=_REPLY_QUEUE_EXPIRES_S)]
+        )
 
     def fetch(self, since_version: int | None) -> CacheSyncResponse:
         """Ask the cache service for the cache and wait for the matching reply.

@@ -423,6 +423,8 @@ class AmqpTransport:
                 arguments["x-queue-type"] = "quorum"
             if spec.dead_letter:
                 arguments["x-dead-letter-exchange"] = self._dlx
+            if spec.expires_s is not None:
+                arguments["x-expires"] = max(1, int(spec.expires_s * 1000))
             channel.queue_declare(queue=spec.name, durable=True, arguments=arguments or None)
             for exchange, routing_key in spec.bindings:
                 channel.queue_bind(queue=spec.name, exchange=exchange, routing_key=routing_key)

@@ -91,12 +91,16 @@ class QueueSpec:
             its original position.
         dead_letter: rejected (``requeue=False``) messages go to the dead-letter queue;
             when False they are dropped.
+        expires_s: delete the queue after this long without consumers (AMQP
+            ``x-expires``; ignored in memory). For per-process queues, such as a worker's
+            reply queue, that a killed process cannot delete itself.
     """
 
     name: str
     bindings: tuple[tuple[str, str], ...] = ()
     quorum: bool = False
     dead_letter: bool = True
+    expires_s: float | None = None
 
 
 class Delivery(Protocol):

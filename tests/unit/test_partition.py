@@ -1,5 +1,3 @@
-import time
-
 import pytest
 import torch
 
@@ -86,16 +84,13 @@ def test_non_positive_alpha_is_rejected(digits):
         dirichlet_partition(digits[0].labels, 2, 0.0, 10, _generator(0))
 
 
-def test_partition_of_fashion_mnist_is_fast():
+def test_partition_of_fashion_mnist_covers_100_clients_without_overlap():
     # Given
     labels = load_dataset("fashion-mnist")[0].labels
     # When
-    start = time.perf_counter()
     shards = dirichlet_partition(labels, 100, 0.05, 500, _generator(0))
-    elapsed = time.perf_counter() - start
-    # Then
+    # Then (its speed is a benchmark matter, not a test's)
     assert len(torch.cat(shards).unique()) == 50_000
-    assert elapsed < 1.0
 
 
 def test_public_private_and_test_data_never_overlap(mnist_5k):

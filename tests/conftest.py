@@ -153,3 +153,19 @@ def transport_factory(request: pytest.FixtureRequest) -> Iterator[TransportFacto
     factory = TransportFactory(kind)
     yield factory
     factory.cleanup()
+
+
+# ======================================================================================
+# Process-wide torch settings (owner: the federation tests). A test that changes torch's
+# thread count (the experiments harness, threads=... configs) must not leak it into the
+# next test: float results depend on it.
+# ======================================================================================
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

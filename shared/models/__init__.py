@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -12,6 +14,8 @@ __all__ = ["MLP", "MODELS", "ResNet20", "SmallCNN", "build_model"]
 
 MODELS: tuple[str, ...] = ("cnn", "resnet20", "mlp")
 
+_GLOBAL_RNG = threading.Lock()
+
 
 def build_model(
     name: str, input_shape: tuple[int, int, int], num_classes: int, seed: int
@@ -19,7 +23,8 @@ def build_model(
     """Build a freshly initialized model that outputs logits.
 
     The initial weights depend only on ``seed``; the global RNG is left untouched, so
-    building a model never shifts anybody else's random stream.
+    building a model never shifts anybody else's random stream, and concurrent calls from
+    several threads are serialized.
 
     Args:
         name: one of :data:`MODELS`.
@@ -36,7 +41,9 @@ def build_model(
     factories = {"cnn": SmallCNN, "resnet20": ResNet20, "mlp": MLP}
     if name not in factories:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    with torch.random.fork_rng(devices=[]):
+    # layers initialize from the process-global RNG: serialize construction, or two threads
+    # building models at once (in-process workers) would draw from each other's seed
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model: nn.Module = factories[name](input_shape, num_classes)
     return model

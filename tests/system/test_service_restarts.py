@@ -37,13 +37,6 @@ BASE = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def launched(tmp_path: Path):
     require_rabbitmq()

@@ -110,7 +110,8 @@ class Launcher:
                         file=sys.stderr,
                     )
                     return 1
-                if self.child("aggregator").process.poll() == 0:
+                # done when the aggregator exits, or has recorded every round (it may linger)
+                if self.child("aggregator").process.poll() == 0 or seen >= self.config.rounds:
                     break
                 time.sleep(0.5)
         except KeyboardInterrupt:

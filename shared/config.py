@@ -186,6 +186,11 @@ class ServiceSettings(BaseModel):
         64 * 1024 * 1024, ge=1024, description="largest message body accepted or sent"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    linger_s: float = Field(
+        0.0,
+        description="aggregator: after the last round keep serving /metrics this long, or "
+        "until SIGTERM when negative (a Kubernetes Deployment then never restarts it)",
+    )
 
 
 def load_config(

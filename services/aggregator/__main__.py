@@ -106,6 +106,9 @@ def _run(config: FederationConfig, settings: ServiceSettings, out: Path | None) 
             results = RunResults(config=config.model_dump())
             results.rounds = [RoundRecord.from_json(json.loads(r)) for r in store.results()]
             results.write(out)
+        if service.finished and settings.linger_s:
+            # final values stay scrapeable; SIGTERM still ends the process at once
+            stop.wait(None if settings.linger_s < 0 else settings.linger_s)
 
 
 if __name__ == "__main__":

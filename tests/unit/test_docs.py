@@ -2,14 +2,15 @@
 
 from pathlib import Path
 
-from shared.config import FederationConfig
+from shared.config import FederationConfig, ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_configuration_key_is_documented_in_the_readme():
     readme = (ROOT / "README.md").read_text()
-    missing = [k for k in FederationConfig.model_fields if f"| `{k}` |" not in readme]
+    keys = [*FederationConfig.model_fields, *ServiceSettings.model_fields]
+    missing = [k for k in keys if f"| `{k}` |" not in readme]
     assert missing == []
 
 

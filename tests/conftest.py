@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -54,6 +55,22 @@ def _require_service(name: str, host: str, port: int, wait_s: float, start_hint:
     if running_in_ci():
         pytest.fail(f"{message} (CI is set: a missing server is a failure)", pytrace=False)
     pytest.skip(message)
+
+
+def skip_or_fail(message: str) -> None:
+    """Skip locally, fail in CI: what the test needs is missing on this machine."""
+    if running_in_ci():
+        pytest.fail(f"{message} (CI is set: a missing prerequisite is a failure)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    """The path of executable ``name``; :func:`skip_or_fail` when it is not installed."""
+    path = shutil.which(name)
+    if path is None:
+        skip_or_fail(f"{name} is not installed: {install_hint}")
+    assert path is not None
+    return path
 
 
 def require_rabbitmq(host: str = "127.0.0.1", port: int = 5672) -> None:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -35,39 +34,20 @@ from shared.errors import ScarletError
 from shared.protocol import routes
 from shared.results import RoundRecord, RunResults
 from shared.state import open_federation_store
-from tests.conftest import AMQP_URL, require_rabbitmq, require_redis, running_in_ci
-from tests.system.harness import new_run_id
+from tests.conftest import AMQP_URL, require_rabbitmq, require_redis, require_tool
+from tests.system.harness import SMALL_FEDERATION, new_run_id
 from tests.unit.test_dashboard import load_builder, panel_queries
 
 pytestmark = [pytest.mark.integration, pytest.mark.system]
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = dict(
-    dataset="digits",
-    clients=3,
-    samples_per_client=300,
-    public_size=400,
-    public_per_round=150,
-    rounds=3,
-    test_per_client=50,
-    local_epochs=2,
-    distill_epochs=2,
-    cache_duration=1,
-)
+SMALL = {**SMALL_FEDERATION}
 SCRAPE_S = 1.0
 
 
 def require_prometheus() -> str:
-    """The prometheus binary; skip locally (fail in CI) when it is not installed."""
-    path = shutil.which("prometheus") or (
-        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
-    )
-    if path is not None:
-        return path
-    message = "prometheus is not installed: apt-get install prometheus (scripts/install.sh does)"
-    if running_in_ci():
-        pytest.fail(f"{message} (CI is set: a missing tool is a failure)", pytrace=False)
-    pytest.skip(message)
+    """The prometheus binary (skip locally, fail in CI when it is not installed)."""
+    return require_tool("prometheus", "apt-get install prometheus (scripts/install.sh does)")
 
 
 def _free_port_block(count: int) -> int:

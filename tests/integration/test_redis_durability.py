@@ -8,8 +8,6 @@ password.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +23,7 @@ import torch
 from shared.cache_policy import ServerCache
 from shared.errors import StoreUnavailable
 from shared.state import CacheUpdate, RedisFederationStore
+from tests.conftest import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -91,11 +90,7 @@ class PrivateRedis:
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_tool("redis-server", "apt-get install redis-server")
     server = PrivateRedis(tmp_path)
     try:
         yield server

@@ -32,6 +32,22 @@ AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 REDIS = "redis://127.0.0.1:6379/0"
 
 
+SMALL_FEDERATION: dict[str, object] = dict(
+    dataset="digits",
+    clients=3,
+    samples_per_client=300,
+    public_size=400,
+    public_per_round=150,
+    rounds=3,
+    test_per_client=50,
+    local_epochs=2,
+    distill_epochs=2,
+    server_distill_epochs=2,
+    cache_duration=1,  # expiries happen within three rounds
+)
+"""A federation small enough for a test yet exercising every cache signal."""
+
+
 def new_run_id() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 

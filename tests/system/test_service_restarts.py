@@ -17,24 +17,13 @@ from shared.results import RoundRecord
 from shared.rounds.setup import prepare_data
 from shared.state import open_federation_store
 from tests.conftest import require_rabbitmq, require_redis
-from tests.system.harness import new_run_id
+from tests.system.harness import SMALL_FEDERATION, new_run_id
 
 pytestmark = [pytest.mark.system, pytest.mark.integration]
 
-BASE = dict(
-    dataset="digits",
-    clients=3,
-    samples_per_client=300,
-    public_size=400,
-    public_per_round=150,
-    rounds=4,
-    test_per_client=50,
-    local_epochs=2,
-    distill_epochs=2,
-    server_distill_epochs=2,
-    cache_duration=1,
-    threads=1,  # the launched services and the embedded reference must agree bit for bit
-)
+# one torch thread: the launched services (one thread each) and the embedded reference
+# must agree bit for bit
+BASE = {**SMALL_FEDERATION, "rounds": 4, "threads": 1}
 
 
 @pytest.fixture

@@ -16,23 +16,11 @@ from shared.rounds.setup import prepare_data
 from shared.state import open_client_store
 from shared.transport.base import HEADER_ORIGINAL_QUEUE, Delivery, Transport
 from tests.conftest import require_rabbitmq, require_redis
-from tests.system.harness import REDIS, federation, new_run_id
+from tests.system.harness import REDIS, SMALL_FEDERATION, federation, new_run_id
 
 pytestmark = [pytest.mark.system, pytest.mark.integration]
 
-BASE = dict(
-    dataset="digits",
-    clients=3,
-    samples_per_client=300,
-    public_size=400,
-    public_per_round=150,
-    rounds=3,
-    test_per_client=50,
-    local_epochs=2,
-    distill_epochs=2,
-    server_distill_epochs=2,
-    cache_duration=1,
-)
+BASE = {**SMALL_FEDERATION}
 
 
 @pytest.fixture(scope="module")

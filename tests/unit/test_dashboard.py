@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from shared.metrics import Metrics
-from tests.conftest import running_in_ci
+from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -63,13 +62,7 @@ def panel_queries(dashboard: dict[str, object]) -> list[tuple[str, str]]:
 
 
 def require_promtool() -> str:
-    path = shutil.which("promtool")
-    if path is not None:
-        return path
-    message = "promtool is not installed: apt-get install prometheus (scripts/install.sh does)"
-    if running_in_ci():
-        pytest.fail(f"{message} (CI is set: a missing tool is a failure)", pytrace=False)
-    pytest.skip(message)
+    return require_tool("promtool", "apt-get install prometheus (scripts/install.sh does)")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,13 @@ names exactly one label, so replicas are compared by rounds, never by float equa
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from enum import IntEnum
 
 import torch
 from torch import Tensor
 
+from shared import digests
 from shared.errors import CacheDesync, RoundStateConflict
 
 __all__ = [
@@ -350,18 +350,15 @@ class ClientMirrors:
 
 
 def _digest(written: Tensor, labels: Tensor) -> str:
-    h = hashlib.sha256()
+    # the stores hash their packed entries the same way: shared.digests owns the layout
     present = torch.nonzero(written != NEVER).flatten()
-    h.update(present.numpy().astype("<i8").tobytes())
-    h.update(written[present].numpy().astype("<i8").tobytes())
-    h.update(labels[present].numpy().astype("<f4").tobytes())
-    return h.hexdigest()
+    return digests.cache_digest(present.numpy(), written[present].numpy(), labels[present].numpy())
 
 
 def targets_digest(targets: Tensor) -> str:
     """SHA-256 (hex) of a restored target matrix (n, C) as float32 little-endian bytes.
 
     The aggregator sends it with each task; a client whose restored targets hash differently
-    holds a desynchronized replica.
+    holds a desynchronized replica. A torch front end of :func:`shared.digests.targets_digest`.
     """
-    return hashlib.sha256(targets.to(torch.float32).numpy().astype("<f4").tobytes()).hexdigest()
+    return digests.targets_digest(targets.to(torch.float32).numpy())

@@ -7,7 +7,7 @@ on its own :func:`~shared.protocol.routes.reply_queue` for the matching
 log no longer reaches back) or the changes since a version. The worker installs it into
 its replica and checks the digest (``services.worker.resync``).
 
-Wire format (msgpack maps, the envelope conventions of :mod:`shared.protocol.codec`)::
+Wire format (msgpack maps opening with the envelope of :mod:`shared.protocol.wire`)::
 
     request:  {"v", "kind": "cache_sync_request", "run", "client", "request_id",
                "since": int | nil, "reply_to"}
@@ -24,7 +24,7 @@ size limit, schema version, kind, run id (1-128 of ``A-Za-z0-9_.-``), ``request_
 publish to a reply queue of its own run), indices in ``[0, |P|)``, unique and
 ascending, ``cleared`` disjoint from ``indices`` and empty in a full snapshot, written
 rounds ≥ 0, labels finite, non-negative and summing to 1 per row within
-:data:`~shared.protocol.codec.SIMPLEX_TOLERANCE`, ``digest`` 64 lowercase hex digits.
+:data:`SIMPLEX_TOLERANCE`, ``digest`` 64 lowercase hex digits.
 A response with a non-empty ``error`` carries nothing else (version 0, empty digest and
 tensors).
 
@@ -39,29 +39,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-import msgpack
 import numpy as np
 import torch
 from torch import Tensor
 
 from shared.errors import DecodeError
-from shared.protocol.codec import (
-    SCHEMA_VERSION,
-    SIMPLEX_TOLERANCE,
-    DecodeLimits,
-    _indices,
-    _int,
-    _require_ascending,
-    _unpack,
-)
 from shared.protocol.routes import reply_queue
 from shared.protocol.tensors import decode_tensor, encode_tensor
+from shared.protocol.wire import (
+    DecodeLimits,
+    digest_field,
+    envelope,
+    int_field,
+    is_ascending,
+    is_safe_name,
+    pack,
+    safe_name_field,
+    unpack,
+)
 
 __all__ = [
     "HEADER_REQUEST_ID",
     "KIND_REQUEST",
     "KIND_RESPONSE",
     "MAX_ERROR_CHARS",
+    "SIMPLEX_TOLERANCE",
     "CacheSyncRequest",
     "CacheSyncResponse",
     "decode_sync_request",
@@ -78,10 +80,10 @@ KIND_REQUEST: Final = "cache_sync_request"
 KIND_RESPONSE: Final = "cache_sync_response"
 MAX_ERROR_CHARS: Final = 1000
 """Longest accepted ``error`` text of a response."""
+SIMPLEX_TOLERANCE: Final = 1e-3
+"""Largest accepted |row sum - 1| of a soft-label row carried as a raw float32 tensor."""
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _REQUEST_ID = re.compile(r"[0-9a-f]{32}")
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 _MAX_QUEUE_NAME = 255  # AMQP short string
 
 
@@ -164,9 +166,9 @@ def failed_response(
 
 def encode_sync_request(request: CacheSyncRequest) -> bytes:
     """Encode a :class:`CacheSyncRequest` to bytes."""
-    return _pack(
+    return pack(
         {
-            **_envelope(KIND_REQUEST, request.run_id),
+            **envelope(KIND_REQUEST, request.run_id),
             "client": request.client_id,
             "request_id": request.request_id,
             "since": request.since_version,
@@ -177,9 +179,9 @@ def encode_sync_request(request: CacheSyncRequest) -> bytes:
 
 def encode_sync_response(response: CacheSyncResponse) -> bytes:
     """Encode a :class:`CacheSyncResponse` to bytes (tensors cast to the wire dtypes)."""
-    return _pack(
+    return pack(
         {
-            **_envelope(KIND_RESPONSE, response.run_id),
+            **envelope(KIND_RESPONSE, response.run_id),
             "request_id": response.request_id,
             "version": response.version,
             "digest": response.digest,
@@ -201,14 +203,14 @@ def decode_sync_request(body: bytes, limits: DecodeLimits) -> CacheSyncRequest:
         UnsupportedVersion: unknown schema version.
         DecodeError: anything else that is wrong, naming the field.
     """
-    msg = _unpack(body, limits, kind=KIND_REQUEST)
-    run_id = _run(msg.get("run"))
+    msg = unpack(body, limits, kind=KIND_REQUEST)
+    run_id = safe_name_field(msg.get("run"), "run")
     since = msg.get("since")
     return CacheSyncRequest(
         run_id=run_id,
-        client_id=_int(msg.get("client"), "client"),
+        client_id=int_field(msg.get("client"), "client"),
         request_id=_request_id(msg.get("request_id")),
-        since_version=None if since is None else _int(since, "since"),
+        since_version=None if since is None else int_field(since, "since"),
         reply_to=_reply_to(msg.get("reply_to"), run_id),
     )
 
@@ -221,10 +223,10 @@ def decode_sync_response(body: bytes, limits: DecodeLimits) -> CacheSyncResponse
         UnsupportedVersion: unknown schema version.
         DecodeError: anything else that is wrong, naming the field.
     """
-    msg = _unpack(body, limits, kind=KIND_RESPONSE)
-    run_id = _run(msg.get("run"))
+    msg = unpack(body, limits, kind=KIND_RESPONSE)
+    run_id = safe_name_field(msg.get("run"), "run")
     request_id = _request_id(msg.get("request_id"))
-    version = _int(msg.get("version"), "version")
+    version = int_field(msg.get("version"), "version")
     full = msg.get("full")
     if not isinstance(full, bool):
         raise DecodeError(f"full: expected a boolean, got {type(full).__name__}")
@@ -236,26 +238,10 @@ def decode_sync_response(body: bytes, limits: DecodeLimits) -> CacheSyncResponse
         _require_empty(version, msg.get("digest"), indices, cleared)
         digest = ""
     else:
-        digest = _digest(msg.get("digest"))
+        digest = digest_field(msg.get("digest"), "digest", allow_empty=False)
     return CacheSyncResponse(
         run_id, request_id, version, digest, full, indices, written, labels, cleared, error
     )
-
-
-def _envelope(kind: str, run_id: str) -> dict[str, object]:
-    return {"v": SCHEMA_VERSION, "kind": kind, "run": run_id}
-
-
-def _pack(body: Mapping[str, object]) -> bytes:
-    packed = msgpack.packb(body, use_bin_type=True)
-    assert isinstance(packed, bytes)
-    return packed
-
-
-def _run(value: object) -> str:
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise DecodeError("run: expected 1-128 characters of A-Za-z0-9_.- (no leading _.-)")
-    return value
 
 
 def _request_id(value: object) -> str:
@@ -270,15 +256,9 @@ def _reply_to(value: object, run_id: str) -> str:
         not isinstance(value, str)
         or len(value) > _MAX_QUEUE_NAME
         or not value.startswith(prefix)
-        or not _NAME.fullmatch(value[len(prefix) :])
+        or not is_safe_name(value[len(prefix) :])
     ):
         raise DecodeError(f"reply_to: expected {prefix}<worker id> of at most 255 characters")
-    return value
-
-
-def _digest(value: object) -> str:
-    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
-        raise DecodeError("digest: expected 64 lowercase hex digits")
     return value
 
 
@@ -325,3 +305,18 @@ def _cache_labels(obj: object, rows: int, limits: DecodeLimits) -> Tensor:
 def _require_empty(version: int, digest: object, indices: Tensor, cleared: Tensor) -> None:
     if version != 0 or digest != "" or indices.numel() or cleared.numel():
         raise DecodeError("error: a failed response must carry no version, digest or entries")
+
+
+def _indices(obj: object, field: str, limits: DecodeLimits) -> Tensor:
+    """Decode an int64 index tensor (raw layout): in range and unique."""
+    idx = decode_tensor(obj, field, dtype="<i8", shape=(None,), max_elements=limits.public_size)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= limits.public_size):
+        raise DecodeError(f"{field}: indices outside [0, {limits.public_size})")
+    if torch.unique(idx).numel() != idx.numel():
+        raise DecodeError(f"{field}: indices are not unique")
+    return idx
+
+
+def _require_ascending(idx: Tensor, field: str) -> None:
+    if not is_ascending(idx):
+        raise DecodeError(f"{field}: indices must be ascending")

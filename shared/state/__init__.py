@@ -7,7 +7,8 @@ Pick an implementation by URL (only a service's ``__main__`` should)::
                                                                #   shared.state.redis)
     open_client_store("file:///var/lib/scarlet", run_id)       # /var/lib/scarlet/<run_id>/
 
-Interfaces and the snapshot types are in :mod:`shared.state.base`.
+Interfaces and the snapshot types are in :mod:`shared.state.base`; the entry packing and
+snapshot assembly every cache backend shares is in :mod:`shared.state.packing`.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from shared.state.base import (
 )
 from shared.state.files import FileClientStateStore
 from shared.state.memory import MemoryClientStateStore, MemoryFederationStore
-from shared.state.redis import RedisClientStateStore, RedisFederationStore
+from shared.state.redis import ConnectionOptions, RedisClientStateStore, RedisFederationStore
 
 __all__ = [
     "CacheSnapshot",
     "CacheUpdate",
     "ClientStateStore",
+    "ConnectionOptions",
     "FederationStore",
     "FileClientStateStore",
     "MemoryClientStateStore",
@@ -43,9 +45,7 @@ __all__ = [
 ]
 
 _REDIS_SCHEMES = ("redis", "rediss")
-_CONNECTION_OPTS = frozenset(
-    {"socket_timeout_s", "connect_timeout_s", "read_attempts", "retry_backoff_s"}
-)
+_CONNECTION_OPTS = ConnectionOptions.__optional_keys__
 """Redis-only options; the in-process and file backends accept and ignore them, so a
 composition root can pass one set of options whatever the URL."""
 

@@ -4,7 +4,7 @@ Everything is per instance: two ``MemoryFederationStore()`` objects never share 
 components that must see the same state are handed the same object (as the embedded
 simulation does). Each store guards its state with one lock, so a reader never sees half
 a commit. Entries are kept packed exactly as Redis keeps them and go through the same
-helpers (:mod:`shared.state.base`), so both backends return identical snapshots and
+helpers (:mod:`shared.state.packing`), so both backends return identical snapshots and
 change sets and pass the same contract tests.
 """
 
@@ -14,28 +14,19 @@ import threading
 
 import numpy as np
 
+from shared.digests import EMPTY_DIGEST
 from shared.errors import StateError
+from shared.state import packing
 from shared.state.base import (
-    EMPTY_DIGEST,
     CacheSnapshot,
     CacheUpdate,
     ChangeRecord,
-    assemble_changes,
-    assemble_snapshot,
+    check_bytes,
     check_id,
     check_run_id,
-    first_touches,
-    log_reaches,
-    pack_entries,
-    validate_update,
 )
 
 __all__ = ["MemoryClientStateStore", "MemoryFederationStore"]
-
-
-def _check_bytes(what: str, blob: bytes) -> None:
-    if not isinstance(blob, bytes):
-        raise TypeError(f"{what} must be bytes, got {type(blob).__name__}")
 
 
 class MemoryFederationStore:
@@ -71,13 +62,13 @@ class MemoryFederationStore:
 
     def save_aggregator(self, blob: bytes) -> None:
         """Replace the aggregator's state blob."""
-        _check_bytes("aggregator blob", blob)
+        check_bytes("aggregator blob", blob)
         with self._lock:
             self._aggregator = blob
 
     def record_upload(self, round_no: int, client_id: int, body: bytes) -> bool:
         """Record an upload unless ``(round_no, client_id)`` has one; True iff recorded."""
-        _check_bytes("upload body", body)
+        check_bytes("upload body", body)
         round_no, client_id = check_id("round", round_no), check_id("client id", client_id)
         with self._lock:
             bodies = self._uploads.setdefault(round_no, {})
@@ -101,18 +92,14 @@ class MemoryFederationStore:
             StateError: version is not the stored one + 1, or ``num_classes`` changed.
             ValueError: a malformed update.
         """
-        _check_bytes("aggregator blob", aggregator_blob)
+        check_bytes("aggregator blob", aggregator_blob)
         round_no = check_id("round", round_no)
-        validate_update(update, num_classes)
-        set_indices = update.set_indices.cpu().numpy().astype(np.int64)
-        values = pack_entries(
-            update.set_written.cpu().numpy().astype(np.int64), update.set_labels.cpu().numpy()
-        )
+        entries = packing.pack_update(update, num_classes)
         with self._lock:
             self._check_commit(update.version, num_classes)
             changed: list[int] = []
             new: list[int] = []
-            for index, value in zip(set_indices.tolist(), values, strict=True):
+            for index, value in entries:
                 old = self._entries.get(index)
                 if old != value:
                     self._entries[index] = value
@@ -157,7 +144,7 @@ class MemoryFederationStore:
             indices = np.fromiter(self._entries, dtype=np.int64, count=len(self._entries))
             values = list(self._entries.values())
             version, digest, classes = self._version, self._digest, self._classes
-        return assemble_snapshot(version, digest, classes, indices, values)
+        return packing.assemble_snapshot(version, digest, classes, indices, values)
 
     def cache_changes_since(self, version: int) -> CacheSnapshot | None:
         """Changes since ``version``, or None when the log does not reach back that far.
@@ -170,17 +157,16 @@ class MemoryFederationStore:
             raise ValueError(f"changes: version must be >= 0, got {version}")
         with self._lock:
             current = self._version
-            if version > current:
-                raise StateError(f"changes: version {version} is ahead of the cache ({current})")
-            if not log_reaches(current, version, self._log_versions):
+            versions = packing.log_window(version, current, self._log_versions)
+            if versions is None:
                 return None
-            records = [self._log.get(v) for v in range(version + 1, current + 1)]
+            records = [self._log.get(v) for v in versions]
             if any(r is None for r in records):
                 return None
-            touched, present_before = first_touches([r for r in records if r is not None])
+            touched, present_before = packing.first_touches([r for r in records if r is not None])
             values = [self._entries.get(i) for i in touched.tolist()]
             digest, classes = self._digest, self._classes
-        return assemble_changes(current, digest, classes, touched, present_before, values)
+        return packing.assemble_changes(current, digest, classes, touched, present_before, values)
 
     def append_result(self, record: str) -> None:
         """Append one finished round's JSON record."""
@@ -223,7 +209,7 @@ class MemoryClientStateStore:
 
     def save(self, client_id: int, blob: bytes) -> None:
         """Replace the state of ``client_id``."""
-        _check_bytes("client state", blob)
+        check_bytes("client state", blob)
         client_id = check_id("client id", client_id)
         with self._lock:
             self._blobs[client_id] = blob

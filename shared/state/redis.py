@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypedDict, TypeVar, Unpack
 
 import msgpack
 import numpy as np
@@ -43,24 +43,20 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shared.digests import EMPTY_DIGEST
 from shared.errors import ConfigError, StateError, StoreUnavailable
+from shared.state import packing
 from shared.state.base import (
-    EMPTY_DIGEST,
     CacheSnapshot,
     CacheUpdate,
     ChangeRecord,
     IndexArray,
-    assemble_changes,
-    assemble_snapshot,
+    check_bytes,
     check_id,
     check_run_id,
-    first_touches,
-    log_reaches,
-    pack_entries,
-    validate_update,
 )
 
-__all__ = ["RedisClientStateStore", "RedisFederationStore"]
+__all__ = ["ConnectionOptions", "RedisClientStateStore", "RedisFederationStore"]
 
 _T = TypeVar("_T")
 _CHUNK: Final = 2000  # fields per HMGET / keys per MGET or DEL
@@ -102,6 +98,22 @@ return {1, version}
 """
 
 
+class ConnectionOptions(TypedDict, total=False):
+    """Connection options both Redis stores accept (all optional; defaults in brackets).
+
+    Attributes:
+        socket_timeout_s: per-command socket timeout [5.0].
+        connect_timeout_s: connection timeout [2.0].
+        read_attempts: tries of an idempotent read before StoreUnavailable (≥ 1) [3].
+        retry_backoff_s: first backoff between read tries (doubles each time) [0.05].
+    """
+
+    socket_timeout_s: float
+    connect_timeout_s: float
+    read_attempts: int
+    retry_backoff_s: float
+
+
 class _Connection:
     """A connection pool plus the error boundary and the read-retry policy."""
 
@@ -109,10 +121,10 @@ class _Connection:
         self,
         url: str,
         *,
-        socket_timeout_s: float,
-        connect_timeout_s: float,
-        read_attempts: int,
-        retry_backoff_s: float,
+        socket_timeout_s: float = 5.0,
+        connect_timeout_s: float = 2.0,
+        read_attempts: int = 3,
+        retry_backoff_s: float = 0.05,
     ) -> None:
         if read_attempts < 1:
             raise ValueError(f"read_attempts must be >= 1, got {read_attempts}")
@@ -224,10 +236,7 @@ class RedisFederationStore:
         run_id: the federation's name, the key prefix ``scarlet:{run_id}:``.
         log_versions: change-log records kept (≥ 1); ``cache_changes_since`` answers
             for versions at most this far behind.
-        socket_timeout_s: per-command socket timeout.
-        connect_timeout_s: connection timeout.
-        read_attempts: tries of an idempotent read before StoreUnavailable.
-        retry_backoff_s: first backoff between read tries (doubles each time).
+        **options: the :class:`ConnectionOptions`.
 
     Raises:
         ConfigError: an invalid URL.
@@ -235,27 +244,13 @@ class RedisFederationStore:
     """
 
     def __init__(
-        self,
-        url: str,
-        run_id: str,
-        *,
-        log_versions: int = 64,
-        socket_timeout_s: float = 5.0,
-        connect_timeout_s: float = 2.0,
-        read_attempts: int = 3,
-        retry_backoff_s: float = 0.05,
+        self, url: str, run_id: str, *, log_versions: int = 64, **options: Unpack[ConnectionOptions]
     ) -> None:
         if log_versions < 1:
             raise ValueError(f"log_versions must be >= 1, got {log_versions}")
         self.run_id = check_run_id(run_id)
         self._log_versions = log_versions
-        self._conn = _Connection(
-            url,
-            socket_timeout_s=socket_timeout_s,
-            connect_timeout_s=connect_timeout_s,
-            read_attempts=read_attempts,
-            retry_backoff_s=retry_backoff_s,
-        )
+        self._conn = _Connection(url, **options)
         self._redis = self._conn.client
         self._prefix = f"scarlet:{run_id}:"
         self._meta = self._prefix + "cache:meta"
@@ -278,14 +273,14 @@ class RedisFederationStore:
 
     def save_aggregator(self, blob: bytes) -> None:
         """Replace the aggregator's state blob."""
-        _check_bytes("aggregator blob", blob)
+        check_bytes("aggregator blob", blob)
         self._conn.run(
             "save aggregator", lambda: self._redis.set(self._aggregator, blob), retry=False
         )
 
     def record_upload(self, round_no: int, client_id: int, body: bytes) -> bool:
         """Record an upload unless ``(round_no, client_id)`` has one (HSETNX); True iff new."""
-        _check_bytes("upload body", body)
+        check_bytes("upload body", body)
         key = self._uploads_key(check_id("round", round_no))
         field = str(check_id("client id", client_id))
         added = self._conn.run(
@@ -311,20 +306,17 @@ class RedisFederationStore:
                 :meth:`cache_version`).
             ValueError: a malformed update.
         """
-        _check_bytes("aggregator blob", aggregator_blob)
+        check_bytes("aggregator blob", aggregator_blob)
         round_no = check_id("round", round_no)
-        validate_update(update, num_classes)
-        values = pack_entries(
-            update.set_written.cpu().numpy().astype(np.int64), update.set_labels.cpu().numpy()
-        )
+        entries = packing.pack_update(update, num_classes)
         pairs: list[bytes] = []
-        for index, value in zip(update.set_indices.tolist(), values, strict=True):
+        for index, value in entries:
             pairs += [str(index).encode(), value]
         args: list[bytes | str | int] = [
             update.version,
             update.digest,
             num_classes,
-            len(values),
+            len(entries),
             aggregator_blob,
             *pairs,
             *(str(i).encode() for i in update.clear_indices.tolist()),
@@ -366,7 +358,7 @@ class RedisFederationStore:
         meta, entries = self._conn.run("snapshot", read, retry=True)
         version, digest, classes = _parse_meta(meta)
         indices = _parse_indices(entries.keys(), len(entries))
-        return assemble_snapshot(version, digest, classes, indices, list(entries.values()))
+        return packing.assemble_snapshot(version, digest, classes, indices, list(entries.values()))
 
     def cache_changes_since(self, version: int) -> CacheSnapshot | None:
         """Changes since ``version``, or None when the log does not reach back that far.
@@ -384,11 +376,9 @@ class RedisFederationStore:
             raise ValueError(f"changes: version must be >= 0, got {version}")
         for _ in range(_CONSISTENT_READ_ATTEMPTS):
             current = self.cache_version()
-            if version > current:
-                raise StateError(f"changes: version {version} is ahead of the cache ({current})")
-            if not log_reaches(current, version, self._log_versions):
+            versions = packing.log_window(version, current, self._log_versions)
+            if versions is None:
                 return None
-            versions = range(version + 1, current + 1)
             meta, blobs = self._read_with_meta("changes", "mget", versions)
             if _parse_meta(meta)[0] != current:
                 continue  # a commit slipped in: start again
@@ -397,12 +387,14 @@ class RedisFederationStore:
                 if blob is None:
                     return None  # a record inside the window is gone: fall back
                 records.append(_decode_record(v, blob))
-            touched, present_before = first_touches(records)
+            touched, present_before = packing.first_touches(records)
             meta, values = self._read_with_meta("changes", "hmget", touched.tolist())
             now, digest, classes = _parse_meta(meta)
             if now != current:
                 continue
-            return assemble_changes(current, digest, classes, touched, present_before, values)
+            return packing.assemble_changes(
+                current, digest, classes, touched, present_before, values
+            )
         raise StateError("changes: the cache changed under every read attempt")
 
     def _read_with_meta(
@@ -452,11 +444,6 @@ class RedisFederationStore:
         self._conn.close()
 
 
-def _check_bytes(what: str, blob: bytes) -> None:
-    if not isinstance(blob, bytes):
-        raise TypeError(f"{what} must be bytes, got {type(blob).__name__}")
-
-
 def _check_commit_result(result: Any, version: int, num_classes: int) -> None:
     code, detail = int(result[0]), result[1]
     if code == 1:
@@ -475,7 +462,7 @@ def _check_commit_result(result: Any, version: int, num_classes: int) -> None:
 class RedisClientStateStore:
     """A :class:`~shared.state.base.ClientStateStore` in Redis (``scarlet:{run}:client:{k}``).
 
-    Takes the same ``url``, ``run_id`` and connection options as
+    Takes the same ``url``, ``run_id`` and :class:`ConnectionOptions` as
     :class:`RedisFederationStore` (not ``log_versions``).
 
     Raises:
@@ -483,24 +470,9 @@ class RedisClientStateStore:
         ValueError: an invalid run id or option.
     """
 
-    def __init__(
-        self,
-        url: str,
-        run_id: str,
-        *,
-        socket_timeout_s: float = 5.0,
-        connect_timeout_s: float = 2.0,
-        read_attempts: int = 3,
-        retry_backoff_s: float = 0.05,
-    ) -> None:
+    def __init__(self, url: str, run_id: str, **options: Unpack[ConnectionOptions]) -> None:
         self.run_id = check_run_id(run_id)
-        self._conn = _Connection(
-            url,
-            socket_timeout_s=socket_timeout_s,
-            connect_timeout_s=connect_timeout_s,
-            read_attempts=read_attempts,
-            retry_backoff_s=retry_backoff_s,
-        )
+        self._conn = _Connection(url, **options)
         self._redis = self._conn.client
         self._prefix = f"scarlet:{run_id}:client:"
 
@@ -511,7 +483,7 @@ class RedisClientStateStore:
 
     def save(self, client_id: int, blob: bytes) -> None:
         """Replace the state of ``client_id`` (one SET: atomic)."""
-        _check_bytes("client state", blob)
+        check_bytes("client state", blob)
         key = self._prefix + str(check_id("client id", client_id))
         self._conn.run("save client state", lambda: self._redis.set(key, blob), retry=False)
 

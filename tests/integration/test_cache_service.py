@@ -28,11 +28,11 @@ from services.cache.__main__ import main
 from services.cache.service import CacheService
 from services.worker.resync import CacheResync
 from shared.cache_policy import NEVER, ClientCache, ServerCache
+from shared.digests import EMPTY_DIGEST
 from shared.errors import CacheDesync, ScarletError, StoreUnavailable, TransportError
 from shared.protocol.codec import DecodeLimits
 from shared.protocol.routes import cache_rpc_queue, reply_queue
 from shared.state import CacheSnapshot, CacheUpdate, FederationStore, RedisFederationStore
-from shared.state.base import EMPTY_DIGEST
 from shared.transport import HEADER_ORIGINAL_QUEUE, AmqpTransport, QueueSpec
 from tests.conftest import AMQP_URL, require_rabbitmq, require_redis
 

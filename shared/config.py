@@ -271,7 +271,8 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> 
             type=kind,
             default=argparse.SUPPRESS,
             metavar=name.upper(),
-            help=f"{field.description or ''} (default: {default})",
+            # argparse %-formats help text: a literal % (the %2F of a broker URL) must be %%
+            help=f"{field.description or ''} (default: {default})".replace("%", "%%"),
         )
 
 

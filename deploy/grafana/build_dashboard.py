@@ -5,7 +5,7 @@ Run it after changing a panel::
     .venv/bin/python deploy/grafana/build_dashboard.py          # rewrites the JSON
     .venv/bin/python deploy/grafana/build_dashboard.py --check  # exit 1 when it is stale
 
-``tests/unit/test_dashboard.py`` regenerates the dashboard and fails when the committed
+``tests/deploy/test_dashboard.py`` regenerates the dashboard and fails when the committed
 ``dashboards/scarlet-communication.json`` differs, and
 ``tests/integration/test_observability.py`` evaluates every query below against a real
 Prometheus scraping a live federation. The dashboard targets Grafana 11 (schemaVersion 39)

@@ -1,8 +1,8 @@
 """``scarlet-worker``: a worker process (composition root).
 
-Subcommands:
-  run            serve tasks until SIGTERM or SIGINT (``--client K`` pinned, ``--pool``)
-  check-config   validate the configuration and print the effective values
+Subcommands: ``run`` serves tasks until SIGTERM or SIGINT, as one client (``--client K``,
+pinned) or any client (``--pool``); ``check-config`` prints the effective configuration.
+Parsing, config, logging and exit status: :func:`shared.cli.run_service`.
 """
 
 from __future__ import annotations
@@ -16,23 +16,13 @@ import sys
 import uuid
 from collections.abc import Sequence
 
+from services.worker.clients import PinnedClient, PoolClients
 from services.worker.handler import TaskHandler
+from services.worker.loop import WorkerLoop
 from services.worker.resync import CacheResync
-from services.worker.service import PinnedClient, PoolClients, ReplicaResync, WorkerLoop
-from shared.cli import (
-    EXIT_ERROR,
-    EXIT_OK,
-    effective_config,
-    load_service_config,
-    make_service_parser,
-    open_service_transport,
-    serve_metrics,
-    setup_logging,
-    stop_on_signals,
-)
+from shared import cli
 from shared.config import FederationConfig, ServiceSettings
 from shared.errors import ConfigError, ScarletError
-from shared.metrics import Metrics
 from shared.protocol import routes
 from shared.protocol.codec import DecodeLimits
 from shared.rounds.setup import apply_threads, build_runtime, prepare_data
@@ -59,7 +49,7 @@ def _flags(name: str, parser: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of ``scarlet-worker`` (``python -m services.worker``)."""
-    return make_service_parser(
+    return cli.make_service_parser(
         "scarlet-worker",
         "SCARLET worker: trains clients and uploads their soft labels.",
         {"run": "serve tasks until SIGTERM/SIGINT"},
@@ -69,35 +59,18 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``scarlet-worker``; returns the process exit status."""
-    args = make_parser().parse_args(argv)
-    try:
-        config, settings = load_service_config(args)
-        if args.command == "check-config":
-            print(effective_config(config, settings))
-            return EXIT_OK
-        setup_logging(settings.log_level, "worker")
-        if args.client is not None and not 0 <= args.client < config.clients:
-            raise ConfigError(f"--client {args.client} outside [0, {config.clients})")
-        logger.info("config: %s", effective_config(config, settings).replace("\n", " "))
-        _serve(args, config, settings)
-    except ScarletError as e:
-        logger.error("worker: stopped on error: %s", e)
-        print(f"scarlet-worker: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    return EXIT_OK
+    return cli.run_service(make_parser(), argv, _serve)
 
 
 def _serve(args: argparse.Namespace, config: FederationConfig, settings: ServiceSettings) -> None:
+    if args.client is not None and not 0 <= args.client < config.clients:
+        raise ConfigError(f"--client {args.client} outside [0, {config.clients})")
     apply_threads(config)
     data = prepare_data(config)
-    metrics = Metrics.create()
-    serve_metrics(settings.metrics_port, metrics.registry)
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     limits = DecodeLimits(config.public_size, data.num_classes, settings.max_message_bytes)
-    with stop_on_signals() as stop, contextlib.ExitStack() as stack:
-        transport = open_service_transport(settings, f"scarlet-worker/{worker_id}")
-        stack.callback(transport.close)
-        run = config.run_id
+    with cli.serving(settings, f"scarlet-worker/{worker_id}") as serving:
+        transport, run = serving.transport, config.run_id
         if args.pool:
             queue = routes.pool_tasks_queue(run)
             provider: PinnedClient | PoolClients = PoolClients(
@@ -113,10 +86,12 @@ def _serve(args: argparse.Namespace, config: FederationConfig, settings: Service
             client_id = args.client
         resync = CacheResync(transport, run, client_id, worker_id, limits, settings.rpc_timeout_s)
         resync.declare()
-        stack.callback(lambda: _delete_quietly(transport, routes.reply_queue(run, worker_id)))
-        handler = TaskHandler(provider, transport, limits, ReplicaResync(resync), metrics)
+        serving.cleanup.callback(
+            lambda: _delete_quietly(transport, routes.reply_queue(run, worker_id))
+        )
+        handler = TaskHandler(provider, transport, limits, resync, serving.metrics)
         logger.info("worker: %s serving %s", worker_id, queue)
-        WorkerLoop(handler, transport, queue).run(stop, args.max_tasks)
+        WorkerLoop(handler, transport, queue).run(serving.stop, args.max_tasks)
         logger.info("worker: %s stopping", worker_id)
 
 

@@ -6,6 +6,11 @@ cache replica over RPC when it is out of step). :meth:`TaskHandler.learn` is the
 pure-compute half (distil, train, predict) and may run on another thread.
 :meth:`TaskHandler.finish` publishes the upload (confirmed), saves the client's state and
 only then acks the task: at-least-once, with the aggregator dropping duplicates.
+
+Vocabulary: to *resync* is to bring a client's cache replica back to the global cache
+(fetch, install, verify the digest). :class:`Resync` is what the handler needs for that;
+:class:`~services.worker.resync.CacheResync` is the one implementation, over the cache
+service's RPC. Whether a resynced replica still fits the task is decided here.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Protocol
 
 from torch import Tensor
 
+from shared.cache_policy import ClientCache
 from shared.errors import CacheDesync, ProtocolError
 from shared.metrics import Metrics
 from shared.protocol.codec import DecodeLimits, decode_task, encode_upload
@@ -42,8 +48,16 @@ class RuntimeProvider(Protocol):
 class Resync(Protocol):
     """Brings a client's cache replica back in step with the global cache."""
 
-    def resync(self, runtime: ClientRuntime, task: TrainTask) -> bool:
-        """Install the global cache; False when the task is stale (the federation moved on)."""
+    def resync(self, cache: ClientCache, known_version: int | None) -> int:
+        """Install the global cache (changes since ``known_version``, or all when None).
+
+        Returns:
+            The cache version the replica now holds.
+
+        Raises:
+            CacheDesync: the replica could not be verified or the cache is unreachable.
+            TransportError: the request could not be sent or timed out.
+        """
 
 
 @dataclass
@@ -64,7 +78,7 @@ class TaskHandler:
         provider: client runtimes.
         transport: to publish uploads on (owned by the calling thread).
         limits: decoder limits.
-        resync: replica repair (None: a desync requeues the task).
+        resync: how a replica out of step is resynced (None: a desync requeues the task).
         metrics: metric catalogue.
     """
 
@@ -166,8 +180,16 @@ class TaskHandler:
         # the replica is out of step (restarted worker, missed rounds): fetch the global
         # cache, then apply the task's catch-up and signals on top of it
         self.metrics.cache_resyncs_total.labels(kind="snapshot").inc()
-        if not self.resync.resync(runtime, task):
-            return _STALE
+        if runtime.cache is not None:
+            version = self.resync.resync(runtime.cache, None)
+            logger.info(
+                "sync: round=%s client=%s replica reinstalled at cache version %s",
+                task.round,
+                runtime.client_id,
+                version,
+            )
+            if version > task.cache_version:
+                return _STALE  # the federation moved on past this task
         return runtime.restore_targets(task)
 
     def _answer_again(self, delivery: Delivery, task: TrainTask, runtime: ClientRuntime) -> None:

@@ -1,5 +1,11 @@
 """Worker side of the cache-sync RPC: fetch the global cache, install it, verify it.
 
+Vocabulary: to *resync* is to bring a client's cache replica back to the global cache.
+:class:`CacheResync` is the one implementation of the task handler's
+:class:`~services.worker.handler.Resync`, and the only resync class: it resyncs through
+the cache service, with :meth:`~CacheResync.fetch` and :meth:`~CacheResync.install` as
+its two halves.
+
 A worker holds no store credentials (DESIGN §4). When its replica is behind, was lost
 in a restart, or fails a digest check, it asks the cache service over the broker::
 
@@ -59,7 +65,7 @@ _REASON_CHARS = 200
 
 
 class CacheResync:
-    """Fetches the global soft-label cache over RPC and installs it into a replica.
+    """Resyncs a replica: fetches the global soft-label cache over RPC and installs it.
 
     Args:
         transport: a connected transport owned by the calling thread.

@@ -1,13 +1,20 @@
-"""Offline data sets as normalized tensors, and seeded federation splits."""
+"""Offline data sets as normalized tensors, and seeded federation splits.
 
-from shared.data.datasets import DATASETS, DEBIAN_FASHION_MNIST, ImageDataset, load_dataset
+:mod:`shared.data.catalog` (names and class counts) imports no torch; this package's
+other modules do.
+"""
+
+from shared.data.catalog import DATASET_CLASSES, DATASETS, dataset_classes
+from shared.data.datasets import DEBIAN_FASHION_MNIST, ImageDataset, load_dataset
 from shared.data.partition import FederatedData, dirichlet_partition, split_federation
 
 __all__ = [
     "DATASETS",
+    "DATASET_CLASSES",
     "DEBIAN_FASHION_MNIST",
     "FederatedData",
     "ImageDataset",
+    "dataset_classes",
     "dirichlet_partition",
     "load_dataset",
     "split_federation",

@@ -35,8 +35,8 @@ from shared.protocol import routes
 from shared.results import RoundRecord, RunResults
 from shared.state import open_federation_store
 from tests.conftest import AMQP_URL, require_rabbitmq, require_redis, require_tool
+from tests.deploy.test_dashboard import load_builder, panel_queries
 from tests.system.harness import SMALL_FEDERATION, new_run_id
-from tests.unit.test_dashboard import load_builder, panel_queries
 
 pytestmark = [pytest.mark.integration, pytest.mark.system]
 

@@ -1,4 +1,4 @@
-"""The worker process: where client runtimes live and the loop that keeps the broker alive.
+"""Where a worker's client runtimes come from: the two modes of ``RuntimeProvider``.
 
 *Pinned* mode: the worker is one client (a data owner's machine); its runtime stays in
 memory and, with a state store, survives restarts. *Pool* mode: interchangeable workers
@@ -11,21 +11,15 @@ worker holds every client's private shard.
 from __future__ import annotations
 
 import logging
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
-from services.worker.handler import TaskHandler
-from services.worker.resync import CacheResync
 from shared.config import FederationConfig
 from shared.data import FederatedData
-from shared.protocol.messages import TrainTask
 from shared.protocol.tensors import decode_tensor_map, encode_tensor_map
 from shared.rounds.client import ClientRuntime
 from shared.rounds.setup import build_runtime
 from shared.state.base import ClientStateStore
-from shared.transport.base import Transport
 
-__all__ = ["PinnedClient", "PoolClients", "ReplicaResync", "WorkerLoop"]
+__all__ = ["PinnedClient", "PoolClients"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,57 +73,3 @@ class PoolClients:
     def save(self, runtime: ClientRuntime) -> None:
         """Write the client's state back for whichever worker serves it next."""
         self.store.save(runtime.client_id, encode_tensor_map(runtime.state_dict()))
-
-
-class ReplicaResync:
-    """Resync a runtime's replica through the cache service (a :class:`Resync`)."""
-
-    def __init__(self, rpc: CacheResync) -> None:
-        self.rpc = rpc
-
-    def resync(self, runtime: ClientRuntime, task: TrainTask) -> bool:
-        """Install the global cache; False when it is already past the task's version."""
-        if runtime.cache is None:
-            return True
-        version = self.rpc.resync(runtime.cache, None)
-        logger.info(
-            "sync: round=%s client=%s replica reinstalled at cache version %s",
-            task.round,
-            runtime.client_id,
-            version,
-        )
-        return version <= task.cache_version
-
-
-class WorkerLoop:
-    """Consume tasks; train on a second thread while this one keeps the connection alive.
-
-    Args:
-        handler: the task handler (its transport must be ``transport``).
-        transport: owned by the calling thread.
-        queue: the task queue (a pinned client's queue or the pool queue).
-    """
-
-    def __init__(self, handler: TaskHandler, transport: Transport, queue: str) -> None:
-        self.handler = handler
-        self.transport = transport
-        self.queue = queue
-        self.tasks_done = 0
-
-    def run(self, stop: threading.Event, max_tasks: int | None = None) -> None:
-        """Serve until ``stop`` is set (or ``max_tasks`` tasks were handled)."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="learn") as pool:
-            while not stop.is_set() and (max_tasks is None or self.tasks_done < max_tasks):
-                delivery = self.transport.get(self.queue, timeout_s=0.5)
-                if delivery is None:
-                    continue
-                job = self.handler.prepare(delivery)
-                if job is None:
-                    continue
-                future = pool.submit(self.handler.learn, job)
-                while not future.done():
-                    # heartbeats and broker callbacks keep flowing during minutes of training
-                    self.transport.process_events(0.2)
-                future.result()
-                self.handler.finish(job)
-                self.tasks_done += 1

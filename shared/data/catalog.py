@@ -1,0 +1,41 @@
+"""The data sets scarlet-fd can load, and the number of classes C of each.
+
+This is the one place that table is written. It imports nothing heavy (no torch, no
+numpy), so a process that only needs C, such as the cache service validating soft labels
+of shape (|P|, C), can ask without loading a data set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+__all__ = ["DATASETS", "DATASET_CLASSES", "dataset_classes"]
+
+DATASET_CLASSES: Mapping[str, int] = MappingProxyType(
+    {
+        "fashion-mnist": 10,
+        "mnist-5k": 10,
+        "digits": 10,
+        "cifar10": 10,
+        "cifar100": 100,
+    }
+)
+"""Data set name → number of classes C of its task (read-only)."""
+
+DATASETS: tuple[str, ...] = tuple(DATASET_CLASSES)
+"""The names :func:`shared.data.load_dataset` accepts, in the table's order."""
+
+
+def dataset_classes(name: str) -> int:
+    """The number of classes C of the data set ``name``, without loading it.
+
+    Raises:
+        ValueError: an unknown name; the message lists the known ones.
+    """
+    try:
+        return DATASET_CLASSES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}"
+        ) from None

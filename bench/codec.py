@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from shared.data import load_dataset
+from shared.distill.training import evaluate, predict, train_supervised
 from shared.models import build_model
 from shared.protocol.softlabels import (
     CodecSpec,
@@ -34,7 +35,6 @@ from shared.protocol.softlabels import (
     quantize_simplex,
     roundtrip,
 )
-from shared.training import evaluate, predict, train_supervised
 
 SETTINGS = [
     f"{base}{delta}{zstd}"

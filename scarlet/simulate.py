@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from services.aggregator.service import AggregatorService
+from services.aggregator.coordinator import RoundCoordinator
 from services.worker.handler import TaskHandler
 from shared.config import FederationConfig, ServiceSettings
 from shared.data import FederatedData
@@ -62,7 +62,7 @@ class EmbeddedFederation:
         self.metrics = metrics or Metrics.create()
         self.broker = InMemoryTransport()
         self.store = MemoryFederationStore(config.run_id)
-        self.aggregator = AggregatorService(
+        self.aggregator = RoundCoordinator(
             config, ServiceSettings(), data, self.broker, self.store, self.metrics
         )
         self.clients = InMemoryClients(config, data)

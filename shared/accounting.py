@@ -105,12 +105,29 @@ class ByteLedger:
         )
 
     def add_upload(
-        self, upload: SoftLabelUpload, wire: int, num_classes: int, dsfl_requested: int
+        self,
+        upload: SoftLabelUpload,
+        wire: int,
+        num_classes: int,
+        dsfl_requested: int,
+        *,
+        hard: bool = False,
     ) -> None:
-        """Count one accepted uplink message whose encoded body was ``wire`` bytes."""
+        """Count one accepted uplink message whose encoded body was ``wire`` bytes.
+
+        With ``hard`` (CFD) the paper accounting counts int64 hard labels.
+        """
         self.up.add(
             wire=wire,
-            paper=paper_upload_bytes(upload, num_classes),
+            paper=paper_upload_bytes(upload, num_classes, hard=hard),
             baseline=dsfl_upload_bytes(dsfl_requested, num_classes),
             labels=upload.indices.numel(),
         )
+
+    def add_unaccepted_upload(self, wire: int) -> None:
+        """Count a body that reached the aggregator but was not aggregated.
+
+        Duplicates, late and invalid bodies still crossed the wire: they add to the wire
+        bytes and nothing else (no message, no paper or baseline bytes, no labels).
+        """
+        self.up.wire += wire

@@ -14,6 +14,7 @@ from typing import Unpack
 
 import pytest
 
+from shared.config import FederationConfig
 from shared.errors import ScarletError
 from shared.transport import AmqpTransport, InMemoryTransport, Transport, TransportOptions
 
@@ -186,3 +187,25 @@ def _restore_torch_threads() -> Iterator[None]:
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+# ======================================================================================
+# Tiny federations for unit tests of the services' logic (owner: tests/unit)
+# ======================================================================================
+
+TINY_FEDERATION: dict[str, object] = dict(
+    dataset="digits",
+    model="mlp",
+    samples_per_client=60,
+    test_per_client=10,
+    local_epochs=1,
+    distill_epochs=1,
+    server_distill_epochs=1,
+    threads=1,
+)
+"""Digits with an MLP and one epoch of everything: a round takes well under a second."""
+
+
+def tiny_config(**overrides: object) -> FederationConfig:
+    """A :data:`TINY_FEDERATION` configuration with ``overrides`` applied."""
+    return FederationConfig(**{**TINY_FEDERATION, **overrides})

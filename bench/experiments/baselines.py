@@ -28,9 +28,9 @@ from torch import nn
 
 from shared.config import FederationConfig
 from shared.data import FederatedData, ImageDataset
+from shared.distill.training import evaluate, train_supervised
 from shared.models import build_model
 from shared.results import RoundRecord, RunResults
-from shared.training import evaluate, train_supervised
 
 __all__ = ["run_centralized", "run_individual"]
 

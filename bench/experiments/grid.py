@@ -263,8 +263,8 @@ def estimate_seconds(specs: Sequence[RunSpec]) -> tuple[float, str]:
         (seconds, a human explanation).
     """
     from scarlet.simulate import EmbeddedFederation, prepare_data
+    from shared.distill.training import evaluate, train_supervised
     from shared.models import build_model
-    from shared.training import evaluate, train_supervised
 
     if not specs:
         return 0.0, "nothing to run"

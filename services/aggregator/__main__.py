@@ -1,36 +1,23 @@
 """``scarlet-aggregator``: the aggregator process (composition root).
 
-Subcommands:
+Subcommands (parsing, config, logging and exit status: :func:`shared.cli.run_service`):
   run                drive the federation's rounds, resuming from the store if it holds state
   declare-topology   declare the exchange and queues, then exit
-  check-config       validate the configuration and print the effective values
+  check-config       print the effective configuration
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.aggregator.service import AggregatorService
-from shared.cli import (
-    EXIT_ERROR,
-    EXIT_OK,
-    effective_config,
-    load_service_config,
-    make_service_parser,
-    open_service_transport,
-    serve_metrics,
-    setup_logging,
-    stop_on_signals,
-)
+from services.aggregator.coordinator import RoundCoordinator
+from shared import cli
 from shared.config import FederationConfig, ServiceSettings
-from shared.errors import ScarletError
-from shared.metrics import Metrics
 from shared.results import RoundRecord, RunResults, format_round_line
 from shared.rounds.setup import apply_threads, prepare_data
 from shared.state import open_federation_store
@@ -48,7 +35,7 @@ def _flags(name: str, parser: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of ``scarlet-aggregator`` (``python -m services.aggregator``)."""
-    return make_service_parser(
+    return cli.make_service_parser(
         "scarlet-aggregator",
         "SCARLET aggregator: drives rounds, aggregates soft labels, trains the server model.",
         {
@@ -61,44 +48,33 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``scarlet-aggregator``; returns the process exit status."""
-    args = make_parser().parse_args(argv)
-    try:
-        config, settings = load_service_config(args)
-        if args.command == "check-config":
-            print(effective_config(config, settings))
-            return EXIT_OK
-        setup_logging(settings.log_level, "aggregator")
-        logger.info("config: %s", effective_config(config, settings).replace("\n", " "))
-        if args.command == "declare-topology":
-            transport = open_service_transport(settings, f"scarlet-aggregator/{config.run_id}")
-            declare_topology(transport, config, settings.worker_mode)
-            transport.close()
-            return EXIT_OK
+    return cli.run_service(make_parser(), argv, _serve)
+
+
+def _serve(args: argparse.Namespace, config: FederationConfig, settings: ServiceSettings) -> None:
+    if args.command == "declare-topology":
+        transport = cli.open_service_transport(settings, f"scarlet-aggregator/{config.run_id}")
+        declare_topology(transport, config, settings.worker_mode)
+        transport.close()
+    else:
         _run(config, settings, args.out)
-    except ScarletError as e:
-        logger.error("aggregator: stopped on error: %s", e)
-        print(f"scarlet-aggregator: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    return EXIT_OK
 
 
 def _run(config: FederationConfig, settings: ServiceSettings, out: Path | None) -> None:
     apply_threads(config)
     data = prepare_data(config)
-    metrics = Metrics.create()
-    serve_metrics(settings.metrics_port, metrics.registry)
-    with stop_on_signals() as stop, contextlib.ExitStack() as stack:
-        transport = open_service_transport(settings, f"scarlet-aggregator/{config.run_id}")
-        stack.callback(transport.close)
+    with cli.serving(settings, f"scarlet-aggregator/{config.run_id}") as serving:
         store = open_federation_store(settings.redis_url, config.run_id)
-        service = AggregatorService(config, settings, data, transport, store, metrics)
-        service.start()
+        coordinator = RoundCoordinator(
+            config, settings, data, serving.transport, store, serving.metrics
+        )
+        coordinator.start()
 
         def on_round(record: RoundRecord) -> None:
             logger.info("round: %s", format_round_line(record))
 
-        service.run(on_round=on_round, stop=stop.is_set)
-        if service.finished:
+        coordinator.run(on_round=on_round, stop=serving.stop.is_set)
+        if coordinator.finished:
             logger.info(
                 "aggregator: federation %s finished after %s rounds", config.run_id, config.rounds
             )
@@ -106,9 +82,9 @@ def _run(config: FederationConfig, settings: ServiceSettings, out: Path | None) 
             results = RunResults(config=config.model_dump())
             results.rounds = [RoundRecord.from_json(json.loads(r)) for r in store.results()]
             results.write(out)
-        if service.finished and settings.linger_s:
+        if coordinator.finished and settings.linger_s:
             # final values stay scrapeable; SIGTERM still ends the process at once
-            stop.wait(None if settings.linger_s < 0 else settings.linger_s)
+            serving.stop.wait(None if settings.linger_s < 0 else settings.linger_s)
 
 
 if __name__ == "__main__":

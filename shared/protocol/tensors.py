@@ -12,7 +12,13 @@ from torch import Tensor
 
 from shared.errors import DecodeError
 
-__all__ = ["decode_tensor", "decode_tensor_map", "encode_tensor", "encode_tensor_map"]
+__all__ = [
+    "decode_any_tensor",
+    "decode_tensor",
+    "decode_tensor_map",
+    "encode_tensor",
+    "encode_tensor_map",
+]
 
 _DTYPES: dict[str, tuple[np.dtype[np.generic], torch.dtype]] = {
     "<f4": (np.dtype("<f4"), torch.float32),
@@ -101,11 +107,22 @@ def decode_tensor_map(data: bytes, *, max_elements: int = 2**34) -> dict[str, Te
     for name, obj in doc.items():
         if not isinstance(obj, Mapping) or not isinstance(obj.get("shape"), list):
             raise DecodeError(f"tensor map: entry {name!r} is not a tensor")
-        shape = tuple(None for _ in obj["shape"])
-        dtype = obj.get("dtype")
-        if dtype not in _DTYPES:
-            raise DecodeError(f"tensor map: entry {name!r} has dtype {dtype!r}")
-        out[str(name)] = decode_tensor(
-            obj, name, dtype=dtype, shape=shape, max_elements=max_elements
-        )
+        if obj.get("dtype") not in _DTYPES:
+            raise DecodeError(f"tensor map: entry {name!r} has dtype {obj.get('dtype')!r}")
+        out[str(name)] = decode_any_tensor(obj, name, max_elements=max_elements)
     return out
+
+
+def decode_any_tensor(obj: object, field: str, *, max_elements: int) -> Tensor:
+    """Decode a tensor map of any supported dtype and rank (for trusted local state).
+
+    Raises:
+        DecodeError: not a tensor map, an unknown dtype, or more than ``max_elements``.
+    """
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("shape"), list):
+        raise DecodeError(f"{field}: expected a tensor map with dtype, shape and data")
+    dtype = obj.get("dtype")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise DecodeError(f"{field}: unsupported dtype {dtype!r}")
+    shape = tuple(None for _ in obj["shape"])
+    return decode_tensor(obj, field, dtype=dtype, shape=shape, max_elements=max_elements)

@@ -18,10 +18,10 @@ from shared.cache_policy import CatchUpDiff, ClientCache, targets_digest
 from shared.config import FederationConfig
 from shared.data import ImageDataset
 from shared.distill.sampling import round_generator
+from shared.distill.training import distill, evaluate, predict, train_supervised
 from shared.errors import CacheDesync
 from shared.models import build_model
 from shared.protocol.messages import DistillTargets, SoftLabelUpload, TrainTask
-from shared.training import distill, evaluate, predict, train_supervised
 
 __all__ = ["ClientRuntime", "PhaseTimes"]
 

@@ -6,8 +6,8 @@ from torch import Tensor, nn
 
 from shared.config import FederationConfig
 from shared.data import ImageDataset
+from shared.distill.training import distill, evaluate
 from shared.models import build_model
-from shared.training import distill, evaluate
 
 __all__ = ["ServerModel"]
 

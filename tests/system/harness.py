@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from services.aggregator.service import AggregatorService
+from services.aggregator.coordinator import RoundCoordinator
 from services.cache.service import CacheService
+from services.worker.clients import PinnedClient, PoolClients
 from services.worker.handler import TaskHandler
+from services.worker.loop import WorkerLoop
 from services.worker.resync import CacheResync
-from services.worker.service import PinnedClient, PoolClients, ReplicaResync, WorkerLoop
 from shared.cache_policy import NEVER
 from shared.config import FederationConfig, ServiceSettings
 from shared.data import FederatedData
@@ -63,7 +64,7 @@ class Federation:
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
-    aggregator: AggregatorService | None = None
+    aggregator: RoundCoordinator | None = None
     aggregator_done: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -115,7 +116,7 @@ class Federation:
             if wrap is not None:
                 transport = wrap(transport)
             store = open_federation_store(REDIS, self.config.run_id)
-            service = AggregatorService(
+            service = RoundCoordinator(
                 self.config, self.settings, self.data, transport, store, self.metrics
             )
             service.start()
@@ -160,9 +161,7 @@ class Federation:
                 20.0,
             )
             rpc.declare()
-            handler = handler_class(
-                provider, transport, self.limits(), ReplicaResync(rpc), self.metrics
-            )
+            handler = handler_class(provider, transport, self.limits(), rpc, self.metrics)
             try:
                 WorkerLoop(handler, transport, queue).run(self.stop)
             finally:

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from shared.data import load_dataset
+from shared.distill.training import distill, evaluate, kd_loss, predict, train_supervised
 from shared.models import build_model
-from shared.training import distill, evaluate, kd_loss, predict, train_supervised
 
 
 @pytest.fixture(scope="module")

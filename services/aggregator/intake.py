@@ -1,0 +1,99 @@
+"""One upload body in: decode, classify, record durably, count, then ack.
+
+"Recorded before acked" (DESIGN §3): an accepted upload is written to the store before
+its delivery is acked, so a crash in between redelivers it and the store's
+``(run, round, client)`` key turns the redelivery into a counted duplicate. A body that
+fails validation is dead-lettered with the reason and never reaches the state machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+from services.aggregator.observer import RoundObserver
+from services.aggregator.progress import RoundProgress
+from shared.config import FederationConfig
+from shared.errors import ProtocolError
+from shared.protocol.codec import DecodeLimits, decode_upload
+from shared.rounds.aggregator import AggregatorCore, UploadOutcome
+from shared.state.base import FederationStore
+
+__all__ = ["UploadIntake"]
+
+logger = logging.getLogger(__name__)
+
+_REASON_CHARS = 200  # dead-letter reason header
+
+
+class UploadIntake:
+    """Takes upload bodies into the round in progress.
+
+    Args:
+        config: the federation configuration.
+        core: the round state machine (its open round is the one collected).
+        store: where accepted uploads are recorded.
+        limits: decoding bounds.
+        observer: told of every outcome.
+    """
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        core: AggregatorCore,
+        store: FederationStore,
+        limits: DecodeLimits,
+        observer: RoundObserver,
+    ) -> None:
+        self.config = config
+        self.core = core
+        self.store = store
+        self.limits = limits
+        self.observer = observer
+
+    def take(
+        self,
+        body: bytes,
+        progress: RoundProgress,
+        ack: Callable[[], None],
+        reject: Callable[..., None],
+    ) -> str:
+        """Handle one delivery; returns the outcome counted (``invalid`` or an upload outcome)."""
+        try:
+            upload = decode_upload(body, self.limits)
+        except ProtocolError as e:
+            logger.warning(
+                "collect: round=%s dead-lettering invalid upload: %s", self.core.round, e
+            )
+            reject(requeue=False, reason=str(e)[:_REASON_CHARS])
+            self.observer.upload_dead_lettered()
+            return self._count(progress, "invalid", len(body), accepted=False)
+        outcome = self.core.classify(upload)
+        # durable before acked: a crash after this line redelivers it as a duplicate
+        if outcome is UploadOutcome.ACCEPTED and not self.store.record_upload(
+            upload.round, upload.client_id, body
+        ):
+            outcome = UploadOutcome.DUPLICATE
+        if outcome is UploadOutcome.ACCEPTED:
+            self.core.accept(upload)
+            progress.ledger.add_upload(
+                upload,
+                len(body),
+                self.core.num_classes,
+                self.config.public_per_round,
+                hard=self.config.algorithm == "cfd",
+            )
+            if not math.isnan(upload.client_accuracy):
+                progress.client_accuracies[upload.client_id] = upload.client_accuracy
+        ack()
+        logger.info("collect: round=%s client=%s %s", upload.round, upload.client_id, outcome)
+        accepted = outcome is UploadOutcome.ACCEPTED
+        return self._count(progress, outcome.value, len(body), accepted=accepted)
+
+    def _count(self, progress: RoundProgress, outcome: str, wire: int, *, accepted: bool) -> str:
+        if not accepted:
+            progress.ledger.add_unaccepted_upload(wire)
+        progress.count_upload(outcome)
+        self.observer.upload_counted(outcome)
+        return outcome

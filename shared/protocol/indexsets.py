@@ -30,6 +30,13 @@ import torch
 from torch import Tensor
 
 from shared.errors import DecodeError, MessageTooLarge
+from shared.protocol.bitpack import (
+    MAX_VARINT_BYTES,
+    decode_varints,
+    encode_varints,
+    pack_bits,
+    unpack_bits,
+)
 
 __all__ = [
     "MAX_UNIVERSE",
@@ -47,7 +54,6 @@ _I64 = npt.NDArray[np.int64]
 MAX_UNIVERSE = 1 << 40
 """Largest supported universe: keeps shifts in int64 and varints within 6 bytes."""
 
-_MAX_VARINT_BYTES = 6  # ceil(41 / 7): zig-zag differences need 41 bits
 _MAX_CODE_BITS = 63  # decoded codes must fit int64
 _NOT_INTEGER = (torch.bool, torch.complex64, torch.complex128)
 _SET_BITMAP, _SET_GAPS, _SET_ELIAS_FANO = 0, 1, 2
@@ -71,7 +77,7 @@ def encode_codes(codes: Tensor, bits: int) -> bytes:
     values = _as_int64(codes, "codes")
     if values.size and (values.min() < 0 or values.max() >> bits):
         raise ValueError(f"codes must lie in [0, 2**{bits})")
-    return _pack(values, bits)
+    return pack_bits(values, bits)
 
 
 def decode_codes(data: bytes, bits: int, count: int) -> Tensor:
@@ -92,7 +98,7 @@ def decode_codes(data: bytes, bits: int, count: int) -> Tensor:
     _check_width(bits)
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
-    return torch.from_numpy(_unpack(_as_bytes(data), bits, count, "codes"))
+    return torch.from_numpy(unpack_bits(_as_bytes(data), bits, count, "codes"))
 
 
 def encode_index_set(indices: Tensor, universe: int) -> bytes:
@@ -116,7 +122,7 @@ def encode_index_set(indices: Tensor, universe: int) -> bytes:
     gaps = np.diff(values, prepend=-1) - 1  # first item, then (gap - 1) >= 0
     candidates = [
         bytes([_SET_ELIAS_FANO]) + _encode_elias_fano(values, universe),
-        bytes([_SET_GAPS]) + _varints(np.array([values.size])) + _varints(gaps),
+        bytes([_SET_GAPS]) + encode_varints(np.array([values.size])) + encode_varints(gaps),
     ]
     if 1 + (universe + 7) // 8 <= min(len(c) for c in candidates):
         bitmap = np.zeros(universe, dtype=np.bool_)
@@ -151,7 +157,7 @@ def decode_index_set(data: bytes, universe: int, *, max_items: int) -> Tensor:
         values = _decode_bitmap(body, universe, max_items)
     elif tag == _SET_GAPS:
         n, offset = _read_count(body, universe, max_items, "index set")
-        gaps = _decode_varints(np.frombuffer(body, np.uint8, offset=offset), n, "index set")
+        gaps = decode_varints(np.frombuffer(body, np.uint8, offset=offset), n, "index set")
         # partial sums strictly increase; the first one past U is exact, so a range check
         # catches every overflow
         values = np.cumsum(gaps + 1) - 1
@@ -184,12 +190,14 @@ def encode_index_list(indices: Tensor, universe: int) -> bytes:
     _check_values(values, universe, "indices")
     if np.unique(values).size != values.size:
         raise ValueError("indices: duplicates in a list")
-    count = _varints(np.array([values.size]))
+    count = encode_varints(np.array([values.size]))
     width = max(1, (universe - 1).bit_length())
     steps = np.diff(values, prepend=0)
     candidates = [
-        bytes([_LIST_FIXED]) + count + _pack(values, width),
-        bytes([_LIST_DELTAS]) + count + _varints(np.where(steps >= 0, 2 * steps, -2 * steps - 1)),
+        bytes([_LIST_FIXED]) + count + pack_bits(values, width),
+        bytes([_LIST_DELTAS])
+        + count
+        + encode_varints(np.where(steps >= 0, 2 * steps, -2 * steps - 1)),
     ]
     if values.size < 2 or bool(np.all(np.diff(values) > 0)):
         candidates.append(bytes([_LIST_ASCENDING]) + encode_index_set(indices, universe))
@@ -224,9 +232,9 @@ def decode_index_list(data: bytes, universe: int, *, max_items: int) -> Tensor:
         raise DecodeError(f"index list: unknown layout tag {tag}")
     n, offset = _read_count(body, universe, max_items, "index list")
     if tag == _LIST_FIXED:
-        values = _unpack(body[offset:], max(1, (universe - 1).bit_length()), n, "index list")
+        values = unpack_bits(body[offset:], max(1, (universe - 1).bit_length()), n, "index list")
     else:
-        zigzag = _decode_varints(np.frombuffer(body, np.uint8, offset=offset), n, "index list")
+        zigzag = decode_varints(np.frombuffer(body, np.uint8, offset=offset), n, "index list")
         # every step is below 2**41 in magnitude, so the first partial sum out of range is
         # exact: the range check below also rules out any int64 overflow after it
         values = np.cumsum((zigzag >> 1) ^ -(zigzag & 1))
@@ -241,8 +249,8 @@ def _encode_elias_fano(values: _I64, universe: int) -> bytes:
     low_bits = _elias_fano_low_bits(n, universe)
     high = np.zeros(_elias_fano_high_length(n, universe, low_bits), dtype=np.bool_)
     high[(values >> low_bits) + np.arange(n)] = True  # unary: bucket i's items after i ones
-    low = _pack(values & ((1 << low_bits) - 1), low_bits) if low_bits else b""
-    return _varints(np.array([n])) + low + np.packbits(high).tobytes()
+    low = pack_bits(values & ((1 << low_bits) - 1), low_bits) if low_bits else b""
+    return encode_varints(np.array([n])) + low + np.packbits(high).tobytes()
 
 
 def _decode_elias_fano(body: bytes, n: int, universe: int) -> _I64:
@@ -255,7 +263,9 @@ def _decode_elias_fano(body: bytes, n: int, universe: int) -> _I64:
             f"{low_length + (high_length + 7) // 8} for {n} items"
         )
     low = (
-        _unpack(body[:low_length], low_bits, n, "index set") if low_bits else np.zeros(n, np.int64)
+        unpack_bits(body[:low_length], low_bits, n, "index set")
+        if low_bits
+        else np.zeros(n, np.int64)
     )
     bits = np.unpackbits(np.frombuffer(body, np.uint8, offset=low_length))
     if bits[high_length:].any():
@@ -290,81 +300,10 @@ def _decode_bitmap(body: bytes, universe: int, max_items: int) -> _I64:
     return values
 
 
-def _pack(values: _I64, width: int) -> bytes:
-    """Pack (M,) values with ``width`` bits each, MSB first."""
-    if width == 8:
-        return values.astype(np.uint8).tobytes()
-    nbytes = _container_bytes(width)
-    big_endian = values.astype(f">u{nbytes}").view(np.uint8).reshape(-1, nbytes)
-    planes = np.unpackbits(big_endian, axis=1)[:, 8 * nbytes - width :]
-    return np.packbits(planes.ravel()).tobytes()
-
-
-def _unpack(buf: bytes, width: int, count: int, field: str) -> _I64:
-    """Inverse of :func:`_pack`; the length and the padding are checked first."""
-    expected = (count * width + 7) // 8
-    if len(buf) != expected:
-        raise DecodeError(
-            f"{field}: {len(buf)} bytes, expected {expected} for {count} codes of {width} bits"
-        )
-    if width == 8:
-        return np.frombuffer(buf, np.uint8).astype(np.int64)
-    bits = np.unpackbits(np.frombuffer(buf, np.uint8))
-    if bits[count * width :].any():
-        raise DecodeError(f"{field}: non-zero padding bits")
-    nbytes = _container_bytes(width)
-    planes = np.zeros((count, 8 * nbytes), dtype=np.uint8)
-    planes[:, 8 * nbytes - width :] = bits[: count * width].reshape(count, width)
-    return np.packbits(planes, axis=1).view(f">u{nbytes}").ravel().astype(np.int64)
-
-
-def _container_bytes(width: int) -> int:
-    return next(n for n in (1, 2, 4, 8) if 8 * n >= width)
-
-
-def _varints(values: _I64) -> bytes:
-    """Unsigned LEB128 of each non-negative value, concatenated."""
-    values = values.astype(np.int64)
-    lengths = np.ones(values.size, dtype=np.int64)
-    for k in range(1, _MAX_VARINT_BYTES):
-        lengths += values >= (1 << (7 * k))
-    out = np.empty(int(lengths.sum()), dtype=np.uint8)
-    starts = np.cumsum(lengths) - lengths
-    for j in range(int(lengths.max(initial=0))):
-        has = lengths > j
-        more = np.where(lengths[has] - 1 > j, 0x80, 0)
-        out[starts[has] + j] = ((values[has] >> (7 * j)) & 0x7F) | more
-    return out.tobytes()
-
-
-def _decode_varints(buf: _U8, count: int, field: str) -> _I64:
-    """Exactly ``count`` canonical varints filling ``buf``."""
-    if count == 0:
-        if buf.size:
-            raise DecodeError(f"{field}: {buf.size} trailing bytes")
-        return np.zeros(0, dtype=np.int64)
-    ends = np.flatnonzero(buf < 0x80)  # the last byte of each varint
-    if ends.size != count or ends[-1] != buf.size - 1:
-        raise DecodeError(
-            f"{field}: {ends.size} complete varints in {buf.size} bytes, expected {count}"
-        )
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if lengths.max() > _MAX_VARINT_BYTES:
-        raise DecodeError(f"{field}: varint longer than {_MAX_VARINT_BYTES} bytes")
-    if np.any((lengths > 1) & (buf[ends] == 0)):
-        raise DecodeError(f"{field}: non-canonical varint (redundant zero byte)")
-    values = np.zeros(count, dtype=np.int64)
-    for j in range(int(lengths.max())):
-        has = lengths > j
-        values[has] |= (buf[starts[has] + j] & 0x7F).astype(np.int64) << (7 * j)
-    return values
-
-
 def _read_count(body: bytes, universe: int, max_items: int, field: str) -> tuple[int, int]:
     """Read the leading item-count varint; return (count, bytes consumed)."""
     count = 0
-    for j, byte in enumerate(body[:_MAX_VARINT_BYTES]):
+    for j, byte in enumerate(body[:MAX_VARINT_BYTES]):
         count |= (byte & 0x7F) << (7 * j)
         if byte < 0x80:
             if j and byte == 0:

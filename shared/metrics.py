@@ -91,6 +91,7 @@ class Metrics:
     worker_phase_seconds: Histogram
     worker_tasks_total: Counter
     clients_missing: Gauge
+    tasks_republished_total: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -219,6 +220,12 @@ class Metrics:
             clients_missing=Gauge(
                 "scarlet_clients_missing",
                 "Sampled clients of the current round whose upload has not arrived",
+                registry=r,
+            ),
+            tasks_republished_total=Counter(
+                "scarlet_tasks_republished",
+                "Tasks published again because a round passed its deadline below the "
+                "minimum quorum",
                 registry=r,
             ),
         )

@@ -16,10 +16,9 @@ from services.aggregator.progress import RoundProgress
 from shared.cache_policy import NEVER, CacheSignal
 from shared.digests import EMPTY_DIGEST
 from shared.errors import StateError
-from shared.protocol.codec import DecodeLimits, decode_upload
 from shared.protocol.plain import from_plain, to_plain
 from shared.protocol.tensors import decode_tensor_map, encode_tensor_map
-from shared.rounds.aggregator import AggregatorCore, RoundPhase
+from shared.rounds.aggregator import AggregatorCore
 from shared.rounds.aggregator_state import dump_aggregator, restore_aggregator
 from shared.state.base import CacheUpdate, FederationStore
 
@@ -40,12 +39,11 @@ def restore_checkpoint(
     core: AggregatorCore,
     server: nn.Module,
     store: FederationStore,
-    limits: DecodeLimits,
 ) -> RoundProgress:
     """Load ``blob`` into a freshly built ``core`` and ``server``; returns the progress.
 
-    The open round's recorded uploads are accepted again (they were validated before
-    they were stored).
+    The open round's recorded uploads are not in the blob: see
+    :meth:`~services.aggregator.intake.UploadIntake.readmit_recorded`.
 
     Raises:
         StateError: a blob of another run or format, or one that disagrees with the store.
@@ -57,11 +55,7 @@ def restore_checkpoint(
         labels, written = _dense_cache(store, core.config.public_size, core.num_classes)
     extra = restore_aggregator(core, blob, labels, written, version)
     server.load_state_dict(decode_tensor_map(_bytes(extra["server_model"])))
-    progress = from_plain(RoundProgress, extra["progress"], "progress")
-    if core.phase is RoundPhase.COLLECTING:
-        for _, body in sorted(store.uploads(core.round).items()):
-            core.accept(decode_upload(body, limits))
-    return progress
+    return from_plain(RoundProgress, extra["progress"], "progress")
 
 
 def cache_update(core: AggregatorCore, store: FederationStore) -> CacheUpdate:

@@ -7,8 +7,14 @@ with what it has. The rule (DESIGN §1 step 3, DECISIONS "quorum and deadline"):
 - the deadline (``round_timeout_s`` after collecting began) has passed and at least
   ``ceil(min_quorum · sampled)`` (at least one) uploads are in: **close at the deadline**
   with what is there;
-- the deadline has passed without that minimum: **overdue**, keep waiting (the service
-  logs it and the ``scarlet_round_age_seconds`` alert fires);
+- the deadline has passed without that minimum: **republish** the missing clients' tasks,
+  then keep waiting (**overdue**) for another ``round_timeout_s``, and republish again
+  when that runs out. A task can be lost without any process failing (a purged or
+  deleted queue, a worker that dropped it); workers answer a task they already did with
+  the same upload, so a republished task never counts twice. The round never closes
+  below the minimum quorum: that is the operator's floor, and the
+  ``ScarletRoundOverdue`` alert (on ``scarlet_tasks_republished_total``) says a round
+  is stuck below it;
 - otherwise **wait**.
 
 A stop request (SIGTERM) wins over everything but a complete round: the round is left
@@ -30,7 +36,8 @@ class CollectAction(StrEnum):
     WAIT = "wait"
     CLOSE = "close"  # every sampled client uploaded
     CLOSE_AT_DEADLINE = "close_at_deadline"  # deadline passed, minimum quorum met
-    OVERDUE = "overdue"  # deadline passed, minimum quorum not met: keep waiting
+    REPUBLISH = "republish"  # deadline passed, minimum not met: send missing tasks again
+    OVERDUE = "overdue"  # deadline passed, minimum not met, republished: keep waiting
     STOP = "stop"  # asked to stop: leave the round open for a restart
 
     @property
@@ -59,7 +66,14 @@ class CollectRule:
         return max(1, math.ceil(self.min_quorum * self.sampled))
 
 
-def decide(rule: CollectRule, received: int, elapsed_s: float, *, stop: bool) -> CollectAction:
+def decide(
+    rule: CollectRule,
+    received: int,
+    elapsed_s: float,
+    *,
+    stop: bool,
+    republished: int = 0,
+) -> CollectAction:
     """What to do with ``received`` accepted uploads, ``elapsed_s`` after collecting began.
 
     Args:
@@ -67,6 +81,8 @@ def decide(rule: CollectRule, received: int, elapsed_s: float, *, stop: bool) ->
         received: distinct sampled clients whose upload was accepted.
         elapsed_s: seconds since collecting began (a restart starts the count again).
         stop: a stop was requested.
+        republished: how often the missing tasks were republished in this collect; the
+            n-th republication is due ``n · timeout_s`` after the start.
     """
     if received >= rule.sampled:
         return CollectAction.CLOSE
@@ -76,4 +92,6 @@ def decide(rule: CollectRule, received: int, elapsed_s: float, *, stop: bool) ->
         return CollectAction.WAIT
     if received >= rule.needed:
         return CollectAction.CLOSE_AT_DEADLINE
+    if elapsed_s >= rule.timeout_s * (republished + 1):
+        return CollectAction.REPUBLISH
     return CollectAction.OVERDUE

@@ -103,9 +103,8 @@ class RoundCoordinator:
         blob = self.store.load_aggregator()
         if blob is None:
             return
-        self.progress = restore_checkpoint(
-            blob, self.core, self.server.model, self.store, self.limits
-        )
+        self.progress = restore_checkpoint(blob, self.core, self.server.model, self.store)
+        self.intake.readmit_recorded(self.progress)
         logger.info(
             "resume: round=%s stage=%s cache_version=%s",
             self.core.round,
@@ -162,7 +161,7 @@ class RoundCoordinator:
             progress.ledger.add_task(
                 task, len(body), self.num_classes, dsfl_previous, self.config.public_per_round
             )
-            progress.pending_tasks.append(PendingTask(task.client_id, body))
+            progress.tasks.append(PendingTask(task.client_id, body))
         self.progress = progress
         self._save()  # the tasks are durable before any is published
         self.observer.round_opened(self.core.round)
@@ -178,16 +177,32 @@ class RoundCoordinator:
         )
 
     def _publish_pending(self) -> None:
-        if not self.progress.pending_tasks:
+        pending = self.progress.unpublished
+        if not pending:
             return
+        self._publish(pending)
+        self.progress.published = len(self.progress.tasks)
+        self._save()
+
+    def _republish_missing(self) -> None:
+        missing = set(self.core.missing())
+        tasks = [t for t in self.progress.tasks if t.client_id in missing]
+        logger.warning(
+            "collect: round=%s deadline passed below the minimum quorum: republishing the "
+            "tasks of clients %s",
+            self.core.round,
+            sorted(missing),
+        )
+        self._publish(tasks)
+        self.observer.tasks_republished(len(tasks))
+
+    def _publish(self, tasks: list[PendingTask]) -> None:
         exchange = routes.rounds_exchange(self.config.run_id)
         headers = {"kind": "train_task", "round": str(self.core.round)}
-        for task in self.progress.pending_tasks:
+        for task in tasks:
             key = routes.client_routing_key(task.client_id)
             self.transport.publish(exchange, key, task.body, headers)
             self.observer.task_published(len(task.body))
-        self.progress.pending_tasks = []
-        self._save()
 
     def _collect(self, stop: Callable[[], bool] | None) -> bool:
         """Take uploads until the collect rule closes the round; False when stopped."""
@@ -198,21 +213,25 @@ class RoundCoordinator:
         queue = routes.uploads_queue(self.config.run_id)
         self.observer.collect_started(self._round_age)
         self.observer.clients_missing(len(self.core.missing()))
-        overdue_logged = False
+        republished = 0
         while True:
             received = len(self.core.clients) - len(self.core.missing())
-            action = decide(rule, received, self.clock() - start, stop=stop is not None and stop())
+            stopping = stop is not None and stop()
+            action = decide(
+                rule, received, self.clock() - start, stop=stopping, republished=republished
+            )
             if action.closes or action is CollectAction.STOP:
                 break
-            if action is CollectAction.OVERDUE and not overdue_logged:
-                overdue_logged = True
+            if action is CollectAction.REPUBLISH:
+                republished += 1
                 logger.warning(
-                    "collect: round=%s deadline passed with %s/%s uploads (minimum %s): waiting",
+                    "collect: round=%s %s/%s uploads, minimum %s",
                     self.core.round,
                     received,
                     rule.sampled,
                     rule.needed,
                 )
+                self._republish_missing()
             delivery = self.transport.get(queue, timeout_s=_POLL_S)
             if delivery is not None:
                 self.intake.take(delivery.body, self.progress, delivery.ack, delivery.reject)
@@ -232,6 +251,7 @@ class RoundCoordinator:
         result = self.core.close_round()
         self.progress.stage = Stage.DISTILLING
         self.progress.closed = _closed(result)
+        self.progress.tasks, self.progress.published = [], 0  # no longer needed
         update = cache_update(self.core, self.store)
         self.store.commit_round(result.round, self._blob(), update, self.num_classes)
         self.observer.phase_timed("aggregate", self.clock() - start)

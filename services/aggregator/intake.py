@@ -17,7 +17,8 @@ from services.aggregator.progress import RoundProgress
 from shared.config import FederationConfig
 from shared.errors import ProtocolError
 from shared.protocol.codec import DecodeLimits, decode_upload
-from shared.rounds.aggregator import AggregatorCore, UploadOutcome
+from shared.protocol.messages import SoftLabelUpload
+from shared.rounds.aggregator import AggregatorCore, RoundPhase, UploadOutcome
 from shared.state.base import FederationStore
 
 __all__ = ["UploadIntake"]
@@ -76,20 +77,40 @@ class UploadIntake:
         ):
             outcome = UploadOutcome.DUPLICATE
         if outcome is UploadOutcome.ACCEPTED:
-            self.core.accept(upload)
-            progress.ledger.add_upload(
-                upload,
-                len(body),
-                self.core.num_classes,
-                self.config.public_per_round,
-                hard=self.config.algorithm == "cfd",
-            )
-            if not math.isnan(upload.client_accuracy):
-                progress.client_accuracies[upload.client_id] = upload.client_accuracy
+            self._admit(upload, len(body), progress)
         ack()
         logger.info("collect: round=%s client=%s %s", upload.round, upload.client_id, outcome)
         accepted = outcome is UploadOutcome.ACCEPTED
         return self._count(progress, outcome.value, len(body), accepted=accepted)
+
+    def readmit_recorded(self, progress: RoundProgress) -> int:
+        """After a restart, accept and count again the uploads the store recorded.
+
+        The checkpoint is saved before collecting begins, so the open round's progress
+        holds none of its uploads; the store holds every accepted one (they were
+        validated before they were recorded). Bodies that were rejected before the
+        restart were never durable and are not counted again. Returns how many.
+        """
+        if self.core.phase is not RoundPhase.COLLECTING:
+            return 0
+        recorded = self.store.uploads(self.core.round)
+        for client_id in sorted(recorded):
+            body = recorded[client_id]
+            self._admit(decode_upload(body, self.limits), len(body), progress)
+            progress.count_upload(UploadOutcome.ACCEPTED.value)
+        return len(recorded)
+
+    def _admit(self, upload: SoftLabelUpload, wire: int, progress: RoundProgress) -> None:
+        self.core.accept(upload)
+        progress.ledger.add_upload(
+            upload,
+            wire,
+            self.core.num_classes,
+            self.config.public_per_round,
+            hard=self.config.algorithm == "cfd",
+        )
+        if not math.isnan(upload.client_accuracy):
+            progress.client_accuracies[upload.client_id] = upload.client_accuracy
 
     def _count(self, progress: RoundProgress, outcome: str, wire: int, *, accepted: bool) -> str:
         if not accepted:

@@ -31,6 +31,9 @@ class RoundObserver:
     def task_published(self, wire_bytes: int) -> None:
         """One task body of ``wire_bytes`` went to the broker."""
 
+    def tasks_republished(self, count: int) -> None:
+        """``count`` tasks of missing clients were published again (deadline, no quorum)."""
+
     def collect_started(self, round_age: Callable[[], float]) -> None:
         """Collecting began; ``round_age()`` tells the open round's age at any time."""
 
@@ -63,6 +66,10 @@ class MetricsObserver(RoundObserver):
     def task_published(self, wire_bytes: int) -> None:
         """Count the task's body bytes on the wire."""
         self.metrics.bytes_total.labels(direction="down", kind="task").inc(wire_bytes)
+
+    def tasks_republished(self, count: int) -> None:
+        """Count the republished tasks."""
+        self.metrics.tasks_republished_total.inc(count)
 
     def collect_started(self, round_age: Callable[[], float]) -> None:
         """The round's age, evaluated at scrape time."""

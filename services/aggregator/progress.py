@@ -33,7 +33,7 @@ class Stage(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PendingTask:
-    """An encoded task saved before it is published (republished after a restart)."""
+    """An encoded task, saved before it is published (and republished when overdue)."""
 
     client_id: int
     body: bytes
@@ -55,12 +55,18 @@ class RoundProgress:
     """The service's durable view of the current round."""
 
     stage: Stage = Stage.IDLE
-    pending_tasks: list[PendingTask] = field(default_factory=list)
+    tasks: list[PendingTask] = field(default_factory=list)  # the round's, kept to republish
+    published: int = 0  # tasks[:published] went to the broker
     ledger: ByteLedger = field(default_factory=ByteLedger)
     uploads: dict[str, int] = field(default_factory=dict)  # outcome -> count
     client_accuracies: dict[int, float] = field(default_factory=dict)  # client -> accuracy
     started: float = 0.0  # wall-clock seconds (survives a restart, unlike a monotonic clock)
     closed: ClosedRound | None = None
+
+    @property
+    def unpublished(self) -> list[PendingTask]:
+        """Tasks saved but not yet published (a restart publishes them)."""
+        return self.tasks[self.published :]
 
     def count_upload(self, outcome: str) -> None:
         """One more upload with ``outcome`` this round."""

@@ -35,16 +35,26 @@ def test_at_the_deadline_a_round_with_the_minimum_quorum_closes_with_what_it_has
     assert action.closes
 
 
-def test_past_the_deadline_without_the_minimum_quorum_the_round_is_overdue_and_waits():
+def test_at_the_deadline_without_the_minimum_quorum_the_missing_tasks_are_republished():
     rule = CollectRule(sampled=4, min_quorum=0.75, timeout_s=60)
-    action = decide(rule, received=2, elapsed_s=600.0, stop=False)
-    assert action is CollectAction.OVERDUE
+    action = decide(rule, received=2, elapsed_s=60.0, stop=False, republished=0)
+    assert action is CollectAction.REPUBLISH
     assert not action.closes
+
+
+def test_after_a_republication_the_round_is_overdue_until_the_next_period_ends():
+    rule = CollectRule(sampled=4, min_quorum=0.75, timeout_s=60)
+    assert decide(rule, 2, 61.0, stop=False, republished=1) is CollectAction.OVERDUE
+    assert decide(rule, 2, 119.9, stop=False, republished=1) is CollectAction.OVERDUE
+    assert decide(rule, 2, 120.0, stop=False, republished=1) is CollectAction.REPUBLISH
+    assert decide(rule, 2, 150.0, stop=False, republished=2) is CollectAction.OVERDUE
 
 
 def test_a_full_minimum_quorum_never_closes_early_at_the_deadline():
     rule = CollectRule(sampled=3, min_quorum=1.0, timeout_s=1)
-    assert decide(rule, received=2, elapsed_s=1e9, stop=False) is CollectAction.OVERDUE
+    for republished in range(5):
+        action = decide(rule, received=2, elapsed_s=1e9, stop=False, republished=republished)
+        assert not action.closes
 
 
 @pytest.mark.parametrize(

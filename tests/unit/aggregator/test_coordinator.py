@@ -57,6 +57,9 @@ class Recorder(RoundObserver):
     def upload_counted(self, outcome: str) -> None:
         self.events.append(("upload", outcome))
 
+    def tasks_republished(self, count: int) -> None:
+        self.events.append(("republished", count))
+
     def upload_dead_lettered(self) -> None:
         self.events.append(("dead_letter", None))
 
@@ -162,10 +165,11 @@ def test_at_the_deadline_the_round_closes_with_the_minimum_quorum(data, caplog):
     assert "deadline passed, closing with 2/3 uploads" in caplog.text
 
 
-def test_past_the_deadline_without_the_minimum_the_round_waits_and_a_stop_leaves_it_open(
+def test_below_the_minimum_at_the_deadline_missing_tasks_are_republished_and_stop_keeps_round(
     data, caplog
 ):
-    # Given a full minimum quorum, two of three uploads and the deadline long past
+    # Given a full minimum quorum, two of three uploads and a deadline 50 s after the start
+    # (the clock moves 100 s a reading: every loop pass is one more deadline period)
     s = Setup(data, step=100.0, min_quorum=1.0, round_timeout_s=50.0)
     agg = s.coordinator()
     tasks: dict[int, TrainTask] = {}
@@ -175,26 +179,33 @@ def test_past_the_deadline_without_the_minimum_the_round_waits_and_a_stop_leaves
         for k in agg.core.clients[:2]:
             s.upload(tasks[k])
 
-    polls = iter(range(6))
+    polls = iter(range(4))
 
     def stop() -> bool:
-        return next(polls, 99) >= 5
+        return next(polls, 99) >= 3
 
-    # When the loop is asked to stop
+    # When the loop runs three passes and is then asked to stop
     with caplog.at_level(logging.WARNING):
         assert agg.run_round(between=two_clients, stop=stop) is None
-    # Then it waited (overdue, logged once) and left the round open for a restart
-    assert caplog.text.count("(minimum 3): waiting") == 1
+    # Then it republished the missing clients' tasks and left the round open for a restart
+    missing = agg.core.clients[2]
+    assert caplog.text.count(f"republishing the tasks of clients [{missing}]") >= 1
+    again_task = s.task(missing)
+    assert again_task.round == 0 and torch.equal(
+        again_task.request_indices, tasks[missing].request_indices
+    )
+    assert ("republished", 1) in s.observer.events
     assert agg.progress.stage is Stage.COLLECTING
     assert sorted(s.store.uploads(0)) == sorted(agg.core.clients[:2])
 
     # When a new coordinator resumes and the last client answers
     again = s.coordinator()
-    s.upload(tasks[agg.core.clients[2]])
+    s.upload(tasks[missing])
     record = again.run_round()
-    # Then the round closes with all three, the first two taken from the store
-    assert record is not None and record.uploads == {"accepted": 1}
-    assert again.core.round == 1 and record.labels_up == record.requested
+    # Then the round closes with all three, the first two taken from the store and counted
+    assert record is not None and record.uploads == {"accepted": 3}
+    assert again.core.round == 1 and record.labels_up == 3 * record.requested
+    assert record.wire_bytes_up == sum(s.upload_bytes)
 
 
 def test_an_invalid_body_is_dead_lettered_counted_and_adds_only_wire_bytes(data):

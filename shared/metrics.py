@@ -55,7 +55,16 @@ LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "scarlet_dead_letters": {"kind": ("upload", "task", "cache_sync")},
     "scarlet_worker_phase_seconds": {"phase": ("distill", "train", "predict")},
     "scarlet_worker_tasks": {
-        "outcome": ("done", "invalid", "foreign", "desync", "stale", "redelivered")
+        "outcome": (
+            "done",
+            "invalid",
+            "foreign",
+            "misfit",
+            "desync",
+            "unrepairable",
+            "stale",
+            "redelivered",
+        )
     },
 }
 """The closed set of values of every label (pre-created at zero by :meth:`Metrics.create`)."""

@@ -127,6 +127,16 @@ class TaskHandler:
             return None
         try:
             targets = self._restore(task, runtime)
+        except _Unrepairable as e:
+            # the fresh snapshot cannot reproduce the targets either: requeueing would
+            # loop forever, so the task goes to the dead letters and the round goes on
+            logger.error(
+                "handle: dead-lettering round=%s client=%s: %s", task.round, task.client_id, e
+            )
+            delivery.reject(requeue=False, reason="cache desync after resync")
+            self._count("unrepairable")
+            self.metrics.dead_letters_total.labels(kind="task").inc()
+            return None
         except CacheDesync as e:
             logger.warning(
                 "handle: round=%s client=%s cannot restore: %s", task.round, task.client_id, e
@@ -190,7 +200,10 @@ class TaskHandler:
             )
             if version > task.cache_version:
                 return _STALE  # the federation moved on past this task
-        return runtime.restore_targets(task)
+        try:
+            return runtime.restore_targets(task)
+        except CacheDesync as e:
+            raise _Unrepairable(f"{e} (after a resync from the cache service)") from e
 
     def _answer_again(self, delivery: Delivery, task: TrainTask, runtime: ClientRuntime) -> None:
         # a redelivered task: the upload was produced before; send the same bytes again
@@ -208,3 +221,7 @@ class TaskHandler:
 
 
 _STALE = object()
+
+
+class _Unrepairable(CacheDesync):
+    """A desync that a fresh snapshot from the cache service did not repair."""

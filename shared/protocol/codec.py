@@ -186,9 +186,12 @@ def _labels(obj: object, field: str, rows: int, limits: DecodeLimits) -> Tensor:
 
 
 def _catch_up_spec(spec: CodecSpec) -> CodecSpec:
-    # catch-up rows are cache entries, i.e. already decoded values: only codecs that
-    # reproduce them bit for bit may carry them (quantization and f32 do; f16 does not)
-    return spec if spec.kind in ("quant", "f32") and not spec.delta else F32
+    # catch-up rows are cache entries, i.e. values this codec already decoded; every
+    # codec's round trip is a projection (softlabels.roundtrip), so the same codec
+    # carries them bit for bit. f32 would not: it renormalizes f16 rows (sums off by up
+    # to 5e-4) and large-C quant rows. Delta needs a reference the receiver lacks here;
+    # quantization does not depend on it, so the codes are the same without it.
+    return CodecSpec(spec.kind, spec.bits, False, spec.entropy, spec.level)
 
 
 def _encode_targets(

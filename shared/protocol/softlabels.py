@@ -71,6 +71,15 @@ _ACCEPT_TOLERANCE = 1e-3  # largest |row sum - 1| accepted from an encoder's flo
 # for torch's float32 softmax rows (measured up to 7e-7 off, C = 10..1000)
 _PASS_TOLERANCE = 1e-6
 _INPUT_SLACK = 1e-6  # error bounds hold for inputs whose rows sum to 1 within this
+# f16 carries half-precision values exactly (no renormalization on decode), so that its
+# round trip is a projection: re-encoding decoded rows gives the same rows bit for bit,
+# and a cache of decoded values can be sent again (replicas stay exact). Rounding moves a
+# row's sum by at most 2**-11 + C 2**-25 (unit roundoff, subnormal spacing). The encoder
+# normalizes (float64) only rows further than _F16_PRENORMALIZE from 1, so the f16 rows of
+# any normalized input (within 4.9e-4 for C < 3,000) are left alone when sent again, and
+# every row it emits sums to 1 within 6e-4 + 4.9e-4 + C 2**-25 < _F16_ACCEPT_TOLERANCE.
+_F16_PRENORMALIZE = 6e-4
+_F16_ACCEPT_TOLERANCE = 1.5e-3
 _DEFAULT_LEVEL = 3
 _F32_ROUNDING = 1 / 2**24  # largest error of rounding a value in [0, 1] to float32
 
@@ -137,8 +146,8 @@ class CodecSpec:
         """Bound on |decoded - input| per entry, for input rows summing to 1 within 1e-6.
 
         f32: 1e-6; exactly 0 when the float64 row sum is within 1e-6 of 1.
-        f16: (2u + (C + 1) 2**-25) / (1 - u - C 2**-25) + 2**-24 + 1e-6 with u = 2**-11
-        (half-precision rounding of every entry, then renormalization of the row).
+        f16: 2**-12 + 1e-6 (half-precision rounding of every entry, round to nearest;
+        rows are not renormalized, so they sum to 1 within 2**-11 + C 2**-25 + 1e-6).
         quant: 1/L + 2**-24 + 1e-6 with L = 2**bits - 1: largest-remainder rounding moves
         every scaled entry by less than one code; 2**-24 is float32 output rounding.
 
@@ -153,8 +162,7 @@ class CodecSpec:
         if self.kind == "f32":
             return _INPUT_SLACK
         if self.kind == "f16":
-            unit, tiny = 1 / 2**11, num_classes / 2**25
-            return (2 * unit + tiny + 1 / 2**25) / (1 - unit - tiny) + _F32_ROUNDING + _INPUT_SLACK
+            return 1 / 2**12 + _INPUT_SLACK
         return 1 / ((1 << self.bits) - 1) + _F32_ROUNDING + _INPUT_SLACK
 
 
@@ -225,8 +233,10 @@ def encode_soft_labels(
     values = _simplex_rows(probs)
     n, c = values.shape
     header: dict[str, object] = {"spec": str(spec), "n": n, "c": c}
+    if spec.kind == "f16":
+        return header | {"layout": "raw", "data": _compress(_half_rows(values).tobytes(), spec)}
     if spec.kind != "quant":
-        raw = values.astype("<f4" if spec.kind == "f32" else "<f2").tobytes()
+        raw = values.astype("<f4").tobytes()
         return header | {"layout": "raw", "data": _compress(raw, spec)}
     codes = _quantize(_normalized(values), (1 << spec.bits) - 1)
     if spec.delta:
@@ -254,8 +264,10 @@ def decode_soft_labels(
         num_classes: the required C.
 
     Returns:
-        (N, C) float32, rows non-negative and summing to 1 within 1e-6; float rows whose
-        float64 sum is off by more than 1e-6 (but at most 1e-3) are renormalized.
+        (N, C) float32, rows non-negative. f32 and quant rows sum to 1 within 1e-6 (f32
+        rows whose float64 sum is off by more than 1e-6, but at most 1e-3, are
+        renormalized); f16 rows are the half-precision values exactly, summing to 1 within
+        1.5e-3 (within 2**-11 + C 2**-25 + 1e-6 for normalized input to the encoder).
 
     Raises:
         ValueError: when max_rows < 0 or num_classes < 1 (arguments, not the payload).
@@ -275,7 +287,11 @@ def decode_soft_labels(
         itemsize = 4 if spec.kind == "f32" else 2
         raw = _decompress(data, spec, n * c * itemsize, exact=True)
         values = np.frombuffer(raw, "<f4" if itemsize == 4 else "<f2").astype(np.float32)
-        return torch.from_numpy(_checked_float_rows(values.reshape(n, c)))
+        if spec.kind == "f16":
+            return torch.from_numpy(
+                _checked_float_rows(values.reshape(n, c), _F16_ACCEPT_TOLERANCE)
+            )
+        return torch.from_numpy(_finish_rows(_checked_float_rows(values.reshape(n, c))))
     return torch.from_numpy(_decode_quant(payload, data, spec, n, c, layout, reference))
 
 
@@ -298,7 +314,7 @@ def roundtrip(probs: Tensor, spec: CodecSpec, reference: Tensor | None = None) -
     if spec.kind == "f32":
         return torch.from_numpy(_finish_rows(values.copy()))
     if spec.kind == "f16":
-        return torch.from_numpy(_finish_rows(values.astype(np.float16).astype(np.float32)))
+        return torch.from_numpy(_half_rows(values).astype(np.float32))
     if spec.delta:
         _reference_codes(reference, len(values), values.shape[1], spec.bits, ValueError)
     levels = (1 << spec.bits) - 1
@@ -469,22 +485,43 @@ def _decompress(data: bytes, spec: CodecSpec, limit: int, *, exact: bool) -> byt
     return data
 
 
-def _checked_float_rows(values: _F32) -> _F32:
+def _checked_float_rows(values: _F32, tolerance: float = _ACCEPT_TOLERANCE) -> _F32:
     if not np.all(np.isfinite(values)):
         raise DecodeError("data: non-finite probabilities")
     if np.any(values < 0):
         raise DecodeError("data: negative probabilities")
-    if np.any(np.abs(values.sum(axis=1, dtype=np.float64) - 1) > _ACCEPT_TOLERANCE):
-        raise DecodeError(f"data: a row does not sum to 1 within {_ACCEPT_TOLERANCE}")
-    return _finish_rows(values)
+    if np.any(np.abs(values.sum(axis=1, dtype=np.float64) - 1) > tolerance):
+        raise DecodeError(f"data: a row does not sum to 1 within {tolerance}")
+    return values
 
 
 def _finish_rows(values: _F32) -> _F32:
-    """Renormalize, in place, the rows whose sum is off by more than _PASS_TOLERANCE."""
+    """Renormalize, in place, the rows whose sum is off by more than _PASS_TOLERANCE.
+
+    The float64 residual of a renormalized row goes into its largest entry, so its sum
+    ends within 2**-25 + C 2**-53 of 1: a finished row passes unchanged when finished
+    again, which keeps the f32 round trip a projection (replicas of decoded values stay
+    exact when they are sent again) for any C.
+    """
     sums = values.sum(axis=1, dtype=np.float64)
-    off = np.abs(sums - 1) > _PASS_TOLERANCE
-    values[off] = (values[off] / sums[off, None]).astype(np.float32)
+    off = np.flatnonzero(np.abs(sums - 1) > _PASS_TOLERANCE)
+    if off.size:
+        rows = (values[off] / sums[off, None]).astype(np.float32)
+        top = rows.argmax(axis=1)
+        residual = 1 - rows.sum(axis=1, dtype=np.float64)
+        rows[np.arange(off.size), top] = (rows[np.arange(off.size), top] + residual).astype(
+            np.float32
+        )
+        values[off] = rows
     return values
+
+
+def _half_rows(values: _F32) -> npt.NDArray[np.float16]:
+    """Rows rounded to little-endian float16, normalized first only when far off 1."""
+    sums = values.sum(axis=1, keepdims=True, dtype=np.float64)
+    far = np.abs(sums - 1) > _F16_PRENORMALIZE
+    scaled = np.where(far, values / np.where(far, sums, 1.0), values)
+    return scaled.astype("<f2")
 
 
 def _float_rows(tensor: Tensor, field: str) -> _F32:

@@ -210,7 +210,12 @@ def test_every_codec_round_trips_within_its_documented_bound(text, probs, seed):
     # Then
     assert decoded.dtype == torch.float32 and decoded.shape == (n, c)
     assert torch.all(decoded >= 0)
-    assert torch.all((decoded.double().sum(dim=1) - 1).abs() <= 1e-6)
+    if spec.kind == "f16":  # exact half-precision values, not renormalized
+        offset = (probs.double().sum(dim=1) - 1).abs()
+        sum_error = offset * (offset <= 6e-4) + 2**-11 + c * 2**-25 + 1e-7
+    else:
+        sum_error = torch.full((n,), 1e-6, dtype=torch.float64)
+    assert torch.all((decoded.double().sum(dim=1) - 1).abs() <= sum_error)
     assert torch.all((decoded - probs).abs() <= spec.max_abs_error(c))
     assert torch.equal(decoded, roundtrip(probs, spec, reference))
     if spec.kind == "f32":  # exact for every row whose float64 sum is within 1e-6 of 1
@@ -295,7 +300,8 @@ def _check_decodes_or_rejects(payload, n, c, reference=None):
         return
     assert decoded.shape[1] == c and decoded.shape[0] <= n
     assert torch.all(decoded >= 0)
-    assert torch.all((decoded.double().sum(dim=1) - 1).abs() <= 1e-6)
+    sum_error = 1.5e-3 if str(payload.get("spec", "")).startswith("f16") else 1e-6
+    assert torch.all((decoded.double().sum(dim=1) - 1).abs() <= sum_error)
 
 
 field_values = st.one_of(

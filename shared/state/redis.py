@@ -33,6 +33,7 @@ Redis errors become :class:`~shared.errors.StateError`.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypedDict, TypeVar, Unpack
@@ -45,6 +46,7 @@ from redis.retry import Retry
 
 from shared.digests import EMPTY_DIGEST
 from shared.errors import ConfigError, StateError, StoreUnavailable
+from shared.security.tls import TlsOptions, client_context, split_tls_query
 from shared.state import packing
 from shared.state.base import (
     CacheSnapshot,
@@ -114,6 +116,23 @@ class ConnectionOptions(TypedDict, total=False):
     retry_backoff_s: float
 
 
+def _ssl_kwargs(tls: TlsOptions | None) -> dict[str, Any]:
+    """redis-py's SSL connection options for ``rediss://`` (none for ``redis://``)."""
+    if tls is None:
+        return {}
+    client_context(tls)  # a missing or unreadable file fails here, as ConfigError
+    # redis-py builds its own context from these; host names are checked explicitly
+    # because redis-py 5 does not by default
+    return {
+        "ssl_ca_certs": tls.ca_file,
+        "ssl_certfile": tls.cert_file,
+        "ssl_keyfile": tls.key_file,
+        "ssl_cert_reqs": "required" if tls.verify else "none",
+        "ssl_check_hostname": tls.verify,
+        "ssl_min_version": ssl.TLSVersion.TLSv1_2,
+    }
+
+
 class _Connection:
     """A connection pool plus the error boundary and the read-retry policy."""
 
@@ -128,6 +147,7 @@ class _Connection:
     ) -> None:
         if read_attempts < 1:
             raise ValueError(f"read_attempts must be >= 1, got {read_attempts}")
+        url, tls = split_tls_query(url, ("rediss",))
         try:
             self.pool = redis.ConnectionPool.from_url(
                 url,
@@ -135,6 +155,7 @@ class _Connection:
                 socket_connect_timeout=connect_timeout_s,
                 retry=Retry(NoBackoff(), 0),
                 decode_responses=False,
+                **_ssl_kwargs(tls),
             )
         except ValueError:
             raise ConfigError("invalid Redis URL (expected redis://host:port/db)") from None

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import ssl
 import threading
 import time
 import urllib.parse
@@ -58,6 +59,7 @@ import pika
 import pika.exceptions
 
 from shared.errors import ConfigError, TransportClosed, TransportError, TransportUnavailable
+from shared.security.tls import client_context, split_tls_query
 from shared.transport.base import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
@@ -81,6 +83,21 @@ _BROKER_DEATH_HEADERS = {
     HEADER_ORIGINAL_QUEUE: "x-first-death-queue",
     HEADER_REJECT_REASON: "x-first-death-reason",
 }
+
+
+def _connect_failure(e: Exception, tls: bool) -> str:
+    """Why a connection attempt failed, in words an operator can act on."""
+    if isinstance(e, ssl.SSLError):
+        return f"TLS handshake failed: {e}"
+    if isinstance(e, pika.exceptions.IncompatibleProtocolError | pika.exceptions.StreamLostError):
+        # with TLS 1.3 a refused client certificate only shows as the broker hanging up
+        hint = (
+            "was the client certificate refused (tls_cert_file)?"
+            if tls
+            else "is this a TLS port (amqps://)?"
+        )
+        return f"{type(e).__name__}: the broker closed the connection; {hint}"
+    return type(e).__name__
 
 
 def redact_url(url: str) -> str:
@@ -233,14 +250,20 @@ class AmqpTransport:
         if prefetch < 1 or reconnect_attempts < 1 or heartbeat_s < 0:
             raise ConfigError("prefetch and reconnect_attempts must be >= 1, heartbeat_s >= 0")
         self._url = redact_url(url)
+        plain_url, tls = split_tls_query(url, ("amqps",))
         try:
-            self._params = pika.URLParameters(url)
+            self._params = pika.URLParameters(plain_url)
             self._params.heartbeat = heartbeat_s
             self._params.blocked_connection_timeout = blocked_timeout_s
             self._params.connection_attempts = 1  # the backoff below is ours
             self._params.client_properties = {"connection_name": connection_name}
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid AMQP URL {self._url}: {e}") from None
+        self._tls = tls is not None
+        if tls is not None:
+            # pika's own amqps context knows neither our CA nor a client certificate; the
+            # host name is verified against the URL's host
+            self._params.ssl_options = pika.SSLOptions(client_context(tls), self._params.host)
         self._prefetch = prefetch
         self._max_message_bytes = max_message_bytes
         self._attempts = reconnect_attempts
@@ -622,19 +645,20 @@ class AmqpTransport:
                 raise TransportError(
                     f"connect: broker refused the topology ({e.reply_code} {e.reply_text})"
                 ) from None
-            except pika.exceptions.AMQPError as e:
+            except (pika.exceptions.AMQPError, ssl.SSLError) as e:
+                # pika hands a failed TLS handshake over as the ssl error itself
                 self._drop_connection()
                 logger.warning(
                     "transport: connect to %s failed (%d/%d): %s",
                     self._url,
                     attempt,
                     self._attempts,
-                    type(e).__name__,
+                    _connect_failure(e, self._tls),
                 )
                 if attempt == self._attempts:
                     raise TransportUnavailable(
                         f"cannot connect to {self._url} after {attempt} attempts"
-                        f" ({type(e).__name__})"
+                        f" ({_connect_failure(e, self._tls)})"
                     ) from None
             time.sleep(delay)
             delay = min(delay * 2, self._max_delay_s)

@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shared.data.catalog import DATASET_SPLITS, DATASETS
 from shared.errors import ConfigError
 from shared.protocol.softlabels import CodecSpec
 
@@ -118,6 +119,55 @@ class FederationConfig(BaseModel):
             raise ValueError(
                 f"public_per_round ({self.public_per_round}) exceeds public_size "
                 f"({self.public_size})"
+            )
+        if self.sample_ratio * self.clients < 0.5:
+            # sampling rounds ratio·K to the nearest count: below 0.5 that is no client
+            raise ValueError(
+                f"sample_ratio ({self.sample_ratio}) of {self.clients} clients samples no "
+                f"client; use at least {0.5 / self.clients:.4g}"
+            )
+        splits = DATASET_SPLITS.get(self.dataset)
+        if splits is None:
+            raise ValueError(
+                f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
+            )
+        train, test = splits
+        wanted = self.public_size + self.clients * self.samples_per_client
+        if wanted > train:
+            raise ValueError(
+                f"public_size ({self.public_size}) + clients x samples_per_client "
+                f"({self.clients} x {self.samples_per_client}) = {wanted} exceeds the "
+                f"{train} training images of {self.dataset}"
+            )
+        if self.test_per_client > test:
+            raise ValueError(
+                f"test_per_client ({self.test_per_client}) exceeds the {test} test images "
+                f"of {self.dataset}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_cache(self) -> FederationConfig:
+        if self.algorithm != "scarlet":
+            # DS-FL and CFD keep no cache: a cache setting would be silently ignored
+            if self.cache_policy != "fixed" or self.max_cache_duration:
+                raise ValueError(
+                    f"cache_policy = {self.cache_policy!r} and max_cache_duration = "
+                    f"{self.max_cache_duration} need a cache; algorithm {self.algorithm!r} "
+                    "has none (use algorithm = 'scarlet', or the defaults)"
+                )
+            return self
+        if self.cache_policy == "fixed" and self.max_cache_duration:
+            raise ValueError(
+                "max_cache_duration applies to cache_policy = 'adaptive' only; the fixed "
+                "policy reuses an entry for exactly cache_duration rounds"
+            )
+        if 0 < self.max_cache_duration < self.cache_duration:
+            # the adaptive rule keeps stable entries *longer* than D: a shorter maximum
+            # contradicts the D-round reuse and fails the cache's own commit check
+            raise ValueError(
+                f"max_cache_duration ({self.max_cache_duration}) must be 0 (2 x "
+                f"cache_duration) or at least cache_duration ({self.cache_duration})"
             )
         return self
 

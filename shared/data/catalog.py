@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-__all__ = ["DATASETS", "DATASET_CLASSES", "dataset_classes"]
+__all__ = ["DATASETS", "DATASET_CLASSES", "DATASET_SPLITS", "dataset_classes"]
 
 DATASET_CLASSES: Mapping[str, int] = MappingProxyType(
     {
@@ -22,6 +22,18 @@ DATASET_CLASSES: Mapping[str, int] = MappingProxyType(
     }
 )
 """Data set name → number of classes C of its task (read-only)."""
+
+DATASET_SPLITS: Mapping[str, tuple[int, int]] = MappingProxyType(
+    {
+        "fashion-mnist": (60_000, 10_000),
+        "mnist-5k": (4_000, 1_000),
+        "digits": (1_438, 359),
+        "cifar10": (50_000, 10_000),
+        "cifar100": (50_000, 10_000),
+    }
+)
+"""Data set name → (train, test) split sizes as :func:`shared.data.load_dataset` returns
+them; the configuration checks a federation fits before anything is loaded."""
 
 DATASETS: tuple[str, ...] = tuple(DATASET_CLASSES)
 """The names :func:`shared.data.load_dataset` accepts, in the table's order."""

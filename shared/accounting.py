@@ -71,6 +71,7 @@ class Traffic:
     paper: int = 0
     baseline: int = 0
     labels: int = 0  # soft-label rows carried
+    rejected_wire: int = 0  # bodies received but not aggregated (not part of wire)
 
     def add(self, *, wire: int, paper: int, baseline: int, labels: int) -> None:
         """Count one message."""
@@ -127,7 +128,8 @@ class ByteLedger:
     def add_unaccepted_upload(self, wire: int) -> None:
         """Count a body that reached the aggregator but was not aggregated.
 
-        Duplicates, late and invalid bodies still crossed the wire: they add to the wire
-        bytes and nothing else (no message, no paper or baseline bytes, no labels).
+        Duplicates, late, forged and invalid bodies crossed the wire but carried nothing
+        the federation used: they are counted apart, in ``rejected_wire``, so that a flood
+        of junk cannot inflate the accepted wire bytes (the codec's saving) of a round.
         """
-        self.up.wire += wire
+        self.up.rejected_wire += wire

@@ -53,6 +53,7 @@ LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "scarlet_round_phase_seconds": {"phase": ("select", "collect", "aggregate", "distill")},
     "scarlet_uploads": {"outcome": ("accepted", "duplicate", "late", "rejected", "invalid")},
     "scarlet_dead_letters": {"kind": ("upload", "task", "cache_sync")},
+    "scarlet_rejected_bytes": {"kind": ("duplicate", "late", "rejected", "invalid", "forged")},
     "scarlet_worker_phase_seconds": {"phase": ("distill", "train", "predict")},
     "scarlet_worker_tasks": {
         "outcome": (
@@ -95,6 +96,7 @@ class Metrics:
     round_phase_seconds: Histogram
     uploads_total: Counter
     dead_letters_total: Counter
+    rejected_bytes_total: Counter
     server_accuracy: Gauge
     client_accuracy: Gauge
     worker_phase_seconds: Histogram
@@ -205,6 +207,13 @@ class Metrics:
             ),
             dead_letters_total=Counter(
                 "scarlet_dead_letters", "Messages dead-lettered", ["kind"], registry=r
+            ),
+            rejected_bytes_total=Counter(
+                "scarlet_rejected_bytes",
+                "Upload body bytes that reached the aggregator but were not aggregated, by "
+                "outcome (never part of the wire bytes)",
+                ["kind"],
+                registry=r,
             ),
             server_accuracy=Gauge(
                 "scarlet_server_accuracy",

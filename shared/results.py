@@ -32,6 +32,7 @@ class RoundRecord:
     cache_version: int
     seconds: float
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    rejected_bytes_up: int = 0  # bodies received but not aggregated; not in wire_bytes_up
 
     @classmethod
     def from_json(cls, row: dict[str, object]) -> RoundRecord:

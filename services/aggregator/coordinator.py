@@ -315,6 +315,7 @@ class RoundCoordinator:
             uploads=dict(p.uploads),
             cache_version=self.core.cache_version,
             seconds=max(0.0, time.time() - p.started) if p.started else 0.0,
+            rejected_bytes_up=up.rejected_wire,
         )
 
     def _round_age(self) -> float:

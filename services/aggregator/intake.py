@@ -115,6 +115,7 @@ class UploadIntake:
     def _count(self, progress: RoundProgress, outcome: str, wire: int, *, accepted: bool) -> str:
         if not accepted:
             progress.ledger.add_unaccepted_upload(wire)
+            self.observer.upload_refused(outcome, wire)
         progress.count_upload(outcome)
         self.observer.upload_counted(outcome)
         return outcome

@@ -46,6 +46,9 @@ class RoundObserver:
     def upload_dead_lettered(self) -> None:
         """An upload that failed validation was dead-lettered."""
 
+    def upload_refused(self, outcome: str, wire_bytes: int) -> None:
+        """A body of ``wire_bytes`` was received but not aggregated (``outcome``)."""
+
     def phase_timed(self, phase: str, seconds: float) -> None:
         """A phase of the round (select, collect, aggregate, distill) took ``seconds``."""
 
@@ -87,6 +90,10 @@ class MetricsObserver(RoundObserver):
     def upload_dead_lettered(self) -> None:
         """Count the dead letter."""
         self.metrics.dead_letters_total.labels(kind="upload").inc()
+
+    def upload_refused(self, outcome: str, wire_bytes: int) -> None:
+        """Count the refused body's bytes by outcome (apart from the wire bytes)."""
+        self.metrics.rejected_bytes_total.labels(kind=outcome).inc(wire_bytes)
 
     def phase_timed(self, phase: str, seconds: float) -> None:
         """Observe the phase duration."""

@@ -188,7 +188,14 @@ def test_the_aggregator_accounts_every_completed_round_so_that_savings_add_up():
 
 
 def test_scarlet_up_assigns_one_metrics_port_per_process_and_writes_the_targets(tmp_path):
-    config = FederationConfig(run_id="obs", dataset="digits", clients=3)
+    config = FederationConfig(
+        run_id="obs",
+        dataset="digits",
+        clients=3,
+        public_size=200,
+        public_per_round=50,
+        samples_per_client=100,
+    )
     settings = ServiceSettings(metrics_port=9400, worker_mode="pool")
     launcher = Launcher(config, settings, 2, tmp_path / "runs" / "obs")
     path = launcher.write_config()

@@ -223,7 +223,8 @@ def test_an_invalid_body_is_dead_lettered_counted_and_adds_only_wire_bytes(data)
     # Then
     assert record is not None
     assert record.uploads == {"accepted": 3, "invalid": 1}
-    assert record.wire_bytes_up == sum(s.upload_bytes) + len(b"\x93not an upload")
+    assert record.wire_bytes_up == sum(s.upload_bytes)  # accepted bodies only
+    assert record.rejected_bytes_up == len(b"\x93not an upload")
     assert record.labels_up == 3 * record.requested
     assert ("dead_letter", None) in s.observer.events
     dead = s.clients.get(DEAD_LETTER_QUEUE, timeout_s=0.1)

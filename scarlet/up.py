@@ -3,7 +3,10 @@
 It starts the cache service, the aggregator and the workers (one per client in pinned
 mode, ``--workers`` in pool mode), follows the aggregator's progress through the store,
 prints the same per-round lines and results file as ``scarlet simulate``, and stops every
-process cleanly at the end, on Ctrl-C, or when one of them fails.
+process cleanly at the end, on Ctrl-C, or when one of them keeps failing: a child that
+crashes (non-zero exit, kill -9) is started again, up to ``max_restarts`` times each
+(:meth:`Launcher.supervise`), and resumes from the store or its state dir.
+
 
 Metrics: with ``metrics_port`` N set (``scarlet up --metrics-port N``), N is a base port:
 the cache service serves ``/metrics`` on N, the aggregator on N+1 and the workers on N+2,
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +54,8 @@ class _Child:
     name: str
     process: subprocess.Popen[bytes]
     log: IO[bytes]
+    args: list[str] = field(default_factory=list)  # to start it again the same way
+    restarts: int = 0
 
 
 @dataclass
@@ -64,6 +70,11 @@ class Launcher:
         fresh: delete the run's previous state and queues first.
         targets_path: the Prometheus targets file (default
             ``<run_dir>/../targets/<run_id>.json``).
+        max_restarts: how often one child that crashed (a non-zero exit, a signal) is
+            started again before the whole federation is stopped (0: never).
+
+    Pinned workers keep their client's state in ``<run_dir>/state/<worker>/`` (written
+    atomically after each task), so a restarted worker continues where it stopped.
 
     ``settings.metrics_port`` is the base of the children's metrics ports (0: no metrics);
     see :meth:`metrics_ports`.
@@ -76,6 +87,7 @@ class Launcher:
     fresh: bool = True
     children: list[_Child] = field(default_factory=list)
     targets_path: Path | None = None
+    max_restarts: int = 3
 
     def run(self, out: Path, progress: bool = True) -> int:
         """Run the federation to its end; returns an exit status (0 on success)."""
@@ -102,7 +114,7 @@ class Launcher:
                     bar.set_postfix(acc=f"{record.server_accuracy:.3f}")
                     bar.update(1)
                 seen = len(rows)
-                failed = self._failed()
+                failed = self.supervise()
                 if failed is not None:
                     print(
                         f"scarlet: {failed.name} exited with status "
@@ -140,6 +152,7 @@ class Launcher:
         try:
             if self.fresh:
                 store.delete_all()
+                shutil.rmtree(self.state_dir, ignore_errors=True)  # or workers resume it
                 run = self.config.run_id
                 queues = [
                     routes.uploads_queue(run),
@@ -159,8 +172,19 @@ class Launcher:
         self.start("cache", ["services.cache", "run", *base])
         self.start("aggregator", ["services.aggregator", "run", *base])
         for k, name in enumerate(self.worker_names()):
-            mode = ["--pool"] if self.settings.worker_mode == "pool" else ["--client", str(k)]
-            self.start(name, ["services.worker", "run", *mode, *base])
+            self.start(name, ["services.worker", "run", *self.worker_flags(k), *base])
+
+    @property
+    def state_dir(self) -> Path:
+        """Where pinned workers keep their clients' state (one folder per worker)."""
+        return self.run_dir / "state"
+
+    def worker_flags(self, k: int) -> list[str]:
+        """The mode flags of worker ``k``: ``--pool``, or its client and its state dir."""
+        if self.settings.worker_mode == "pool":
+            return ["--pool"]
+        state = (self.state_dir / f"worker-{k}").resolve()
+        return ["--client", str(k), "--state-dir", str(state)]
 
     def worker_names(self) -> list[str]:
         """The children names of the workers, in start order."""
@@ -243,7 +267,7 @@ class Launcher:
             env=env,
             start_new_session=True,
         )
-        self.children.append(_Child(name, process, log))
+        self.children.append(_Child(name, process, log, module_args))
 
     def child(self, name: str) -> _Child:
         """The running child called ``name``."""
@@ -275,14 +299,30 @@ class Launcher:
         self.write_targets()
         return path
 
-    def _failed(self) -> _Child | None:
-        # a non-zero exit, or a service other than the aggregator that stopped by itself
-        for child in self.children:
+    def supervise(self) -> _Child | None:
+        """Start again every child that crashed; the child that may not be, if any.
+
+        A crash is a non-zero exit or a signal (kill -9, the OOM killer). Each child is
+        restarted at most ``max_restarts`` times, with the same command line; the
+        services resume from the store (aggregator, cache service) or their state dir
+        (pinned workers). A service other than the aggregator that stopped by itself
+        with status 0 is not restarted: it was told to stop.
+        """
+        for child in list(self.children):
             code = child.process.poll()
-            if code is not None and code != 0:
+            if code is None or (code == 0 and child.name == "aggregator"):
+                continue
+            if code == 0 or child.restarts >= self.max_restarts or not child.args:
                 return child
-            if code == 0 and child.name != "aggregator":
-                return child
+            print(
+                f"scarlet: {child.name} exited with status {code}; starting it again "
+                f"({child.restarts + 1}/{self.max_restarts}), see {child.log.name}",
+                file=sys.stderr,
+            )
+            child.log.close()
+            self.children.remove(child)
+            self.start(child.name, child.args)
+            self.child(child.name).restarts = child.restarts + 1
         return None
 
     def stop_all(self) -> None:

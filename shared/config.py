@@ -231,6 +231,12 @@ class ServiceSettings(BaseModel):
         1.0, gt=0, le=1, description="share of sampled clients needed to close at the deadline"
     )
     rpc_timeout_s: float = Field(30.0, gt=0, description="cache-sync RPC timeout")
+    store_retry_s: float = Field(
+        60.0,
+        ge=0,
+        description="aggregator and cache service: ride out a Redis outage this long "
+        "(capped backoff) before giving up with StoreUnavailable",
+    )
     heartbeat_s: int = Field(30, ge=0, description="AMQP heartbeat interval")
     max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="largest message body accepted or sent"

@@ -64,7 +64,9 @@ def _run(config: FederationConfig, settings: ServiceSettings, out: Path | None) 
     apply_threads(config)
     data = prepare_data(config)
     with cli.serving(settings, f"scarlet-aggregator/{config.run_id}") as serving:
-        store = open_federation_store(settings.redis_url, config.run_id)
+        store = open_federation_store(
+            settings.redis_url, config.run_id, retry_s=settings.store_retry_s
+        )
         coordinator = RoundCoordinator(
             config, settings, data, serving.transport, store, serving.metrics
         )

@@ -38,6 +38,7 @@ from services.aggregator.progress import ClosedRound, PendingTask, RoundProgress
 from shared.config import FederationConfig, ServiceSettings
 from shared.data import FederatedData
 from shared.distill.training import predict
+from shared.errors import TransportClosed
 from shared.metrics import Metrics
 from shared.protocol import routes
 from shared.protocol.codec import DecodeLimits, encode_task
@@ -234,7 +235,12 @@ class RoundCoordinator:
                 self._republish_missing()
             delivery = self.transport.get(queue, timeout_s=_POLL_S)
             if delivery is not None:
-                self.intake.take(delivery.body, self.progress, delivery.ack, delivery.reject)
+                try:
+                    self.intake.take(delivery.body, self.progress, delivery.ack, delivery.reject)
+                except TransportClosed as e:
+                    # its channel went away before the ack; it is recorded (or was
+                    # rejected) and the broker requeued it: the redelivery is a duplicate
+                    logger.warning("collect: round=%s upload comes again: %s", self.core.round, e)
             self.observer.clients_missing(len(self.core.missing()))
         if action is CollectAction.CLOSE_AT_DEADLINE:
             logger.warning(

@@ -77,7 +77,9 @@ def _serve(args: argparse.Namespace, config: FederationConfig, settings: Service
     """Serve until SIGTERM/SIGINT; the transport and store are closed on every path."""
     limits = _limits(config, settings)
     with cli.serving(settings, f"scarlet-cache/{config.run_id}") as serving:
-        store = open_federation_store(settings.redis_url, config.run_id)
+        store = open_federation_store(
+            settings.redis_url, config.run_id, retry_s=settings.store_retry_s
+        )
         close_store = getattr(store, "close", None)
         if callable(close_store):
             serving.cleanup.callback(close_store)

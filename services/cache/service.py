@@ -19,8 +19,11 @@ Per request, exactly one outcome (``CacheService.stats``):
 - ``unroutable``: the reply queue does not exist (the worker is gone): dead-lettered.
 
 Broker outages (:class:`~shared.errors.TransportUnavailable`,
-:class:`~shared.errors.TransportClosed`) propagate; an unsettled request is delivered
-again, and answering it twice is harmless (the worker discards stale replies).
+:class:`~shared.errors.TransportClosed`) propagate out of ``serve_once``; an unsettled
+request is delivered again, and answering it twice is harmless (the worker discards stale
+replies). ``serve_forever`` rides them out: a request whose channel went away is left to
+its redelivery, a broker away past the reconnect budget is waited for with a capped
+backoff.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ from shared.state.base import CacheSnapshot, FederationStore
 from shared.transport.base import Delivery, QueueSpec, Transport
 
 __all__ = ["POLL_S", "CacheService"]
+
+_OUTAGE_BACKOFF_MAX_S = 30.0  # longest wait for a broker that stays away
 
 logger = logging.getLogger(__name__)
 
@@ -132,13 +137,30 @@ class CacheService:
     def serve_forever(self, stop: threading.Event | None = None) -> None:
         """Serve requests until ``stop`` is set (checked at least every :data:`POLL_S`).
 
-        Raises:
-            TransportUnavailable: the broker cannot be reached.
-            TransportClosed: the connection went away.
+        Broker outages do not end it (see the module docstring); store errors are
+        answered per request.
         """
         logger.info("sync: run=%s serving cache-sync requests on %s", self._run_id, self._queue)
+        outages = 0
         while stop is None or not stop.is_set():
-            self.serve_once(POLL_S)
+            try:
+                self.serve_once(POLL_S)
+                outages = 0
+            except TransportClosed as e:
+                # the request's channel went away before its ack: the broker requeued it
+                # and answering it twice is harmless
+                logger.warning("sync: run=%s request comes again: %s", self._run_id, e)
+            except TransportUnavailable as e:
+                # past the transport's reconnect budget: keep waiting, never exit for it
+                outages += 1
+                wait_s = min(_OUTAGE_BACKOFF_MAX_S, 2.0 ** (outages - 1))
+                logger.warning(
+                    "sync: run=%s broker unavailable (%s); retry in %.0f s", self._run_id, e, wait_s
+                )
+                if stop is not None:
+                    stop.wait(wait_s)
+                else:
+                    time.sleep(wait_s)
         logger.info("sync: run=%s stopped; requests %s", self._run_id, dict(self.stats))
 
     # ------------------------------------------------------------------ one request

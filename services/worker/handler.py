@@ -21,6 +21,7 @@ from typing import Protocol
 
 from torch import Tensor
 
+from services.worker.admission import Fit, judge_task
 from shared.cache_policy import ClientCache
 from shared.errors import CacheDesync, ProtocolError
 from shared.metrics import Metrics
@@ -122,7 +123,20 @@ class TaskHandler:
             delivery.reject(requeue=False, reason=f"client {task.client_id} not served here")
             self._count("foreign")
             return None
-        if task.round <= runtime.completed_round:
+        verdict = judge_task(task, runtime.config, runtime.completed_round)
+        if verdict.fit is Fit.MISFIT:
+            # before the replica is touched: a misfit must leave no trace in the state
+            logger.warning(
+                "handle: dead-lettering round=%s client=%s: %s",
+                task.round,
+                task.client_id,
+                verdict.reason,
+            )
+            delivery.reject(requeue=False, reason=f"misfit: {verdict.reason}"[:200])
+            self._count("misfit")
+            self.metrics.dead_letters_total.labels(kind="task").inc()
+            return None
+        if verdict.fit is Fit.REDELIVERY:
             self._answer_again(delivery, task, runtime)
             return None
         try:

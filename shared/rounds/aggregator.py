@@ -30,10 +30,40 @@ from shared.errors import RoundStateConflict
 from shared.protocol.messages import CatchUp, DistillTargets, SoftLabelUpload, TrainTask
 from shared.protocol.softlabels import roundtrip
 
-__all__ = ["AggregatorCore", "RoundPhase", "RoundResult", "UploadOutcome"]
+__all__ = [
+    "AggregatorCore",
+    "RoundPhase",
+    "RoundResult",
+    "UploadOutcome",
+    "drawn_public_indices",
+    "sampled_clients",
+]
 
 _CLIENT_STREAM = 1
 _PUBLIC_STREAM = 2
+
+
+def sampled_clients(config: FederationConfig, round_no: int) -> tuple[int, ...]:
+    """The clients sampled in round ``round_no`` (a function of the seed and the round).
+
+    Workers use it too: a task for a client that was not sampled is not the aggregator's.
+    """
+    return tuple(
+        sample_clients(
+            config.clients,
+            config.sample_ratio,
+            round_generator(config.seed, round_no, _CLIENT_STREAM),
+        )
+    )
+
+
+def drawn_public_indices(config: FederationConfig, round_no: int) -> Tensor:
+    """The public indices drawn in round ``round_no``; every request is a subset of them."""
+    return sample_public_indices(
+        config.public_size,
+        config.public_per_round,
+        round_generator(config.seed, round_no, _PUBLIC_STREAM),
+    )
 
 
 class RoundPhase(StrEnum):
@@ -122,14 +152,8 @@ class AggregatorCore:
         if self.phase is not RoundPhase.IDLE:
             raise RoundStateConflict(f"open: round={self.round} is already open")
         t, cfg = self.round, self.config
-        self.clients = tuple(
-            sample_clients(
-                cfg.clients, cfg.sample_ratio, round_generator(cfg.seed, t, _CLIENT_STREAM)
-            )
-        )
-        drawn = sample_public_indices(
-            cfg.public_size, cfg.public_per_round, round_generator(cfg.seed, t, _PUBLIC_STREAM)
-        )
+        self.clients = sampled_clients(cfg, t)
+        drawn = drawn_public_indices(cfg, t)
         if self.cache is not None:
             reuse = self._adaptive_reuse(drawn, t, server_view)
             self.plan = self.cache.plan_requests(drawn, t, cfg.cache_duration, reuse=reuse)

@@ -25,14 +25,27 @@ Redis replicates and appends a script's effects as one ``MULTI``/``EXEC`` block,
 the commit is atomic in the AOF too. Reads that must be consistent across keys run in
 one ``MULTI`` pipeline.
 
-Connection and timeout errors become :class:`~shared.errors.StoreUnavailable` (naming
-``host:port/db``, never the URL, so a password cannot leak); reads are retried a few
-times with exponential backoff first, writes are not (their outcome is unknown). Other
-Redis errors become :class:`~shared.errors.StateError`.
+Outages: connection and timeout errors are ridden out for ``retry_s`` seconds (the
+``store_retry_s`` setting, default 60) with a capped exponential backoff, so a Redis
+restart pauses the services instead of ending them. Calls that are safe to repeat (reads,
+``SET``) are simply retried. The others (``HSETNX``, ``RPUSH``, the commit script) would
+change their answer or their effect if repeated after a lost reply, so they first wait
+until Redis answers ``PING`` and are then sent once; only a connection that drops
+during the command itself leaves the outcome unknown. When the budget is spent, the
+error becomes :class:`~shared.errors.StoreUnavailable` (naming ``host:port/db``, never
+the URL, so a password cannot leak). Other Redis errors become
+:class:`~shared.errors.StateError`.
+
+Durability: "recorded before acked" holds across a Redis crash only with AOF and
+``appendfsync always`` (each write is on disk before Redis replies) or with ``WAIT`` for
+a replica; the default ``everysec`` may lose the last second. The test instances that
+claim durability and ``deploy/kubernetes/backing/redis.yaml`` run ``appendonly yes``
+and ``appendfsync always``.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -63,6 +76,9 @@ __all__ = ["ConnectionOptions", "RedisClientStateStore", "RedisFederationStore"]
 _T = TypeVar("_T")
 _CHUNK: Final = 2000  # fields per HMGET / keys per MGET or DEL
 _CONSISTENT_READ_ATTEMPTS: Final = 5
+_RETRY_DELAY_MAX_S: Final = 1.0  # a restarted Redis is noticed within a second
+
+logger = logging.getLogger(__name__)
 
 _COMMIT_LUA: Final = """
 -- KEYS: meta, entries, log:{v}, log:{v - log_versions}, aggregator, round:{t}:uploads
@@ -106,14 +122,16 @@ class ConnectionOptions(TypedDict, total=False):
     Attributes:
         socket_timeout_s: per-command socket timeout [5.0].
         connect_timeout_s: connection timeout [2.0].
-        read_attempts: tries of an idempotent read before StoreUnavailable (≥ 1) [3].
-        retry_backoff_s: first backoff between read tries (doubles each time) [0.05].
+        read_attempts: tries of a repeatable call at least, even past ``retry_s`` (≥ 1) [3].
+        retry_backoff_s: first backoff between tries (doubles each time, at most 1 s) [0.05].
+        retry_s: how long an outage is ridden out before StoreUnavailable (≥ 0) [60.0].
     """
 
     socket_timeout_s: float
     connect_timeout_s: float
     read_attempts: int
     retry_backoff_s: float
+    retry_s: float
 
 
 def _ssl_kwargs(tls: TlsOptions | None) -> dict[str, Any]:
@@ -144,9 +162,12 @@ class _Connection:
         connect_timeout_s: float = 2.0,
         read_attempts: int = 3,
         retry_backoff_s: float = 0.05,
+        retry_s: float = 60.0,
     ) -> None:
         if read_attempts < 1:
             raise ValueError(f"read_attempts must be >= 1, got {read_attempts}")
+        if retry_s < 0:
+            raise ValueError(f"retry_s must be >= 0, got {retry_s}")
         url, tls = split_tls_query(url, ("rediss",))
         try:
             self.pool = redis.ConnectionPool.from_url(
@@ -168,26 +189,67 @@ class _Connection:
         self.client: redis.Redis[bytes] = redis.Redis(connection_pool=self.pool)
         self._read_attempts = read_attempts
         self._backoff_s = retry_backoff_s
+        self._retry_s = retry_s
 
     def _redact(self, error: Exception) -> str:
         text = f"{type(error).__name__}: {error}"
         return text.replace(self._secret, "***") if self._secret else text
 
     def run(self, op: str, fn: Callable[[], _T], *, retry: bool) -> _T:
-        """Call ``fn``; translate Redis errors; retry connection errors when ``retry``."""
-        attempts = self._read_attempts if retry else 1
-        for attempt in range(attempts):
+        """Call ``fn``, riding out an outage of up to ``retry_s`` seconds.
+
+        Args:
+            op: named in errors and logs.
+            fn: the Redis call.
+            retry: ``fn`` may be repeated (a read, a ``SET``): it is retried on
+                connection errors. Otherwise Redis must first answer ``PING`` (retried)
+                and ``fn`` is sent once.
+
+        Raises:
+            StoreUnavailable: Redis stayed unreachable for the whole budget, or the
+                connection dropped during a call that is not repeated.
+            StateError: any other Redis error.
+        """
+        if retry:
+            return self._retrying(op, fn)
+        self._retrying(op, self.client.ping)
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise StoreUnavailable(
+                f"{op}: Redis at {self.where} dropped the connection during the call"
+                f" (outcome unknown; {self._redact(e)})"
+            ) from e
+        except redis.RedisError as e:
+            raise StateError(f"{op}: Redis at {self.where} failed ({self._redact(e)})") from e
+
+    def _retrying(self, op: str, fn: Callable[[], _T]) -> _T:
+        deadline = time.monotonic() + self._retry_s
+        attempt = 0
+        while True:
             try:
-                return fn()
+                result = fn()
+                if attempt:
+                    logger.info("store: %s: Redis at %s answers again", op, self.where)
+                return result
             except (redis.ConnectionError, redis.TimeoutError) as e:
-                if attempt + 1 >= attempts:
+                attempt += 1
+                if attempt >= self._read_attempts and time.monotonic() >= deadline:
                     raise StoreUnavailable(
-                        f"{op}: Redis at {self.where} unavailable ({self._redact(e)})"
+                        f"{op}: Redis at {self.where} unavailable for {self._retry_s:g} s"
+                        f" ({self._redact(e)})"
                     ) from e
-                time.sleep(self._backoff_s * 2**attempt)
+                if attempt == 1:
+                    logger.warning(
+                        "store: %s: Redis at %s unavailable (%s); retrying for up to %g s",
+                        op,
+                        self.where,
+                        type(e).__name__,
+                        self._retry_s,
+                    )
+                time.sleep(retry_delay_s(attempt, self._backoff_s))
             except redis.RedisError as e:
                 raise StateError(f"{op}: Redis at {self.where} failed ({self._redact(e)})") from e
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def delete_matching(self, op: str, pattern: str) -> None:
         """Delete every key matching ``pattern`` (SCAN, never FLUSH); retried."""
@@ -206,6 +268,13 @@ class _Connection:
 
     def close(self) -> None:
         self.pool.disconnect()
+
+
+def retry_delay_s(attempt: int, base_s: float, cap_s: float = _RETRY_DELAY_MAX_S) -> float:
+    """The wait after the ``attempt``-th failed try (1-based): ``base_s`` doubling, capped."""
+    if attempt < 1:
+        raise ValueError(f"attempt must be >= 1, got {attempt}")
+    return float(min(cap_s, base_s * 2.0 ** min(attempt - 1, 30)))
 
 
 def _parse_int(what: str, raw: bytes | None, default: int | None = None) -> int:
@@ -296,7 +365,7 @@ class RedisFederationStore:
         """Replace the aggregator's state blob."""
         check_bytes("aggregator blob", blob)
         self._conn.run(
-            "save aggregator", lambda: self._redis.set(self._aggregator, blob), retry=False
+            "save aggregator", lambda: self._redis.set(self._aggregator, blob), retry=True
         )
 
     def record_upload(self, round_no: int, client_id: int, body: bytes) -> bool:
@@ -506,7 +575,7 @@ class RedisClientStateStore:
         """Replace the state of ``client_id`` (one SET: atomic)."""
         check_bytes("client state", blob)
         key = self._prefix + str(check_id("client id", client_id))
-        self._conn.run("save client state", lambda: self._redis.set(key, blob), retry=False)
+        self._conn.run("save client state", lambda: self._redis.set(key, blob), retry=True)
 
     def delete_all(self) -> None:
         """Delete every ``scarlet:{run}:client:*`` key."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -136,7 +137,7 @@ def test_committed_state_survives_a_sigkill_of_redis(private_redis: PrivateRedis
         before = store.cache_snapshot()
         # When: Redis dies hard
         private_redis.kill()
-        probe = RedisFederationStore(private_redis.url, store.run_id, read_attempts=2)
+        probe = RedisFederationStore(private_redis.url, store.run_id, read_attempts=2, retry_s=0)
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             probe.cache_version()  # another store: `store` keeps its now stale socket
@@ -167,7 +168,7 @@ def test_a_dead_port_raises_store_unavailable_quickly_without_the_password():
     # Given: nothing listens on the port
     port = _free_port()
     store = RedisFederationStore(
-        f"redis://:s3cret-pw@127.0.0.1:{port}/0", "dead", connect_timeout_s=0.5
+        f"redis://:s3cret-pw@127.0.0.1:{port}/0", "dead", connect_timeout_s=0.5, retry_s=0
     )
     try:
         for call in (
@@ -200,6 +201,7 @@ def test_a_server_that_never_answers_raises_store_unavailable_within_the_timeout
             connect_timeout_s=0.3,
             read_attempts=2,
             retry_backoff_s=0.01,
+            retry_s=0,
         )
         try:
             # When
@@ -210,3 +212,57 @@ def test_a_server_that_never_answers_raises_store_unavailable_within_the_timeout
             assert time.monotonic() - started < 2.0
         finally:
             store.close()
+
+
+def test_every_store_call_rides_out_a_redis_restart_within_the_retry_budget(
+    private_redis: PrivateRedis,
+):
+    # Given: a store with a record acknowledged just before Redis is killed hard
+    private_redis.start()
+    store = RedisFederationStore(
+        private_redis.url, f"out-{uuid.uuid4().hex}", retry_s=20, retry_backoff_s=0.02
+    )
+    try:
+        assert store.record_upload(0, 1, b"acked before the crash")
+        private_redis.kill()
+        # When: Redis is down for about a second while a read and writes are in flight
+        restart = threading.Timer(1.0, private_redis.start)
+        restart.start()
+        started = time.monotonic()
+        try:
+            uploads = store.uploads(0)  # a read: retried
+            added = store.record_upload(0, 2, b"after")  # HSETNX: waits for PING, sent once
+            store.append_result('{"round": 0}')  # RPUSH: the same
+            store.save_aggregator(b"blob")  # SET: retried
+        finally:
+            restart.join()
+        # Then: no StoreUnavailable, nothing lost, nothing applied twice
+        assert 0.5 < time.monotonic() - started < 15.0
+        assert uploads == {1: b"acked before the crash"}
+        assert added
+        assert store.uploads(0) == {1: b"acked before the crash", 2: b"after"}
+        assert store.results() == ['{"round": 0}']
+        assert store.load_aggregator() == b"blob"
+    finally:
+        if private_redis.process is not None and private_redis.process.poll() is None:
+            store.delete_all()
+        store.close()
+
+
+def test_a_store_gives_up_with_store_unavailable_when_the_budget_is_spent(
+    private_redis: PrivateRedis,
+):
+    # Given: a store with a short budget and a Redis that does not come back
+    private_redis.start()
+    store = RedisFederationStore(private_redis.url, "gone", retry_s=0.5, retry_backoff_s=0.02)
+    try:
+        store.cache_version()
+        private_redis.kill()
+        # When
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="unavailable for 0.5 s"):
+            store.record_upload(0, 0, b"x")
+        # Then: it waited for the budget, not much longer
+        assert 0.4 < time.monotonic() - started < 5.0
+    finally:
+        store.close()

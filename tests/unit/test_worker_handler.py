@@ -21,6 +21,7 @@ from shared.metrics import Metrics
 from shared.protocol import routes
 from shared.protocol.codec import DecodeLimits, decode_upload, encode_task
 from shared.protocol.messages import DistillTargets, TrainTask
+from shared.rounds.aggregator import drawn_public_indices
 from shared.rounds.setup import build_runtime, prepare_data
 from shared.transport import HEADER_REJECT_REASON, InMemoryTransport
 from shared.transport.base import Delivery
@@ -33,7 +34,7 @@ CONFIG = tiny_config(
     samples_per_client=40,
     public_size=30,
     public_per_round=12,
-    rounds=1,
+    rounds=3,
 )
 CLIENT = 1
 TASKS = routes.client_tasks_queue(CONFIG.run_id, CLIENT)
@@ -70,12 +71,17 @@ def handler(broker, data, limits) -> TaskHandler:
     return make_handler(broker, data, limits)
 
 
+def drawn(round_no: int, count: int) -> torch.Tensor:
+    """``count`` of the round's drawn public indices, ascending (a request the rule admits)."""
+    return torch.sort(drawn_public_indices(CONFIG, round_no)[:count]).values
+
+
 def round_zero_task(client_id: int = CLIENT) -> TrainTask:
     return TrainTask(
         run_id=CONFIG.run_id,
         round=0,
         client_id=client_id,
-        request_indices=torch.tensor([0, 3, 4, 9, 17, 29]),
+        request_indices=drawn(0, 6),
         targets=None,  # round 0: nothing to distil on yet
         catch_up=None,
         cache_version=0,
@@ -89,7 +95,7 @@ def round_one_task_reusing_the_cache(cache_version: int) -> TrainTask:
         run_id=CONFIG.run_id,
         round=1,
         client_id=CLIENT,
-        request_indices=torch.tensor([0, 3, 4]),
+        request_indices=drawn(1, 3),
         targets=DistillTargets(
             round=0,
             indices=reused,

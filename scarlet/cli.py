@@ -4,6 +4,7 @@ Subcommands:
   simulate       run a whole federation (K clients + server) in one process
   up             run it as real services (cache, aggregator, workers) on RabbitMQ and Redis
   report         plot results files as PNGs (accuracy vs bytes, bytes per round)
+  down           remove a run's queues, exchanges and Redis keys
   check-config   validate a configuration and print the effective values
 """
 
@@ -68,6 +69,25 @@ def make_parser() -> argparse.ArgumentParser:
     report.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="results files")
     report.add_argument("--out", type=Path, default=Path("runs/report"), help="folder for PNGs")
 
+    down = sub.add_parser(
+        "down",
+        help="remove a run's queues, exchanges and Redis keys",
+        description="Delete the run's task, upload and cache-RPC queues, its four exchanges "
+        "and its Redis keys scarlet:RUN_ID:* (nothing of any other run, nor the shared "
+        "dead-letter queue). --clients must cover the run's client count (pinned queues).",
+    )
+    down.add_argument("run", metavar="RUN_ID", help="the run to remove")
+    down.add_argument(
+        "--reply-worker",
+        action="append",
+        default=[],
+        metavar="WORKER_ID",
+        help="also delete this worker's reply queue (others expire after an idle hour)",
+    )
+    _common(down, log_level=False)
+    add_model_flags(down, FederationConfig)
+    add_model_flags(down, ServiceSettings)
+
     check = sub.add_parser("check-config", help="validate and print the effective config")
     _common(check)
     add_model_flags(check, FederationConfig)
@@ -98,13 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             print(json.dumps(config.model_dump(), indent=2))
             return EXIT_OK
-        if args.command == "up":
+        if args.command == "down":
+            config = config.model_copy(update={"run_id": args.run})
+        if args.command in ("up", "down"):
             settings = load_config(
                 ServiceSettings,
                 path=args.config,
                 section="service",
                 overrides=flag_overrides(args, ServiceSettings),
             )
+            if args.command == "down":
+                return _down(config, settings, tuple(args.reply_worker))
             return _up(config, settings, args)
         return _simulate(config, Path(args.out), progress=not args.no_progress)
     except ScarletError as e:
@@ -177,6 +201,21 @@ def _up(config: FederationConfig, settings: ServiceSettings, args: argparse.Name
     )
     launcher = Launcher(config, settings, args.workers, run_dir, fresh=not args.resume)
     return launcher.run(Path(args.out), progress=not args.no_progress)
+
+
+def _down(config: FederationConfig, settings: ServiceSettings, workers: tuple[str, ...]) -> int:
+    from scarlet.down import tear_down
+
+    try:
+        removed = tear_down(config, settings, workers)
+    except ValueError as e:
+        print(f"scarlet: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"scarlet: removed run {config.run_id}: {len(removed.queues)} queues, "
+        f"{len(removed.exchanges)} exchanges, Redis keys {removed.key_pattern}"
+    )
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -58,8 +58,32 @@ def make_parser() -> argparse.ArgumentParser:
     up.add_argument("--run-dir", default=None, help="service logs (default runs/<run_id>/)")
     up.add_argument("--resume", action="store_true", help="keep the run's earlier state")
     up.add_argument("--no-progress", action="store_true", help="no progress bar")
+    up.add_argument(
+        "--no-provision",
+        action="store_true",
+        help="every service shares the admin broker user (no per-role users, no sender checks)",
+    )
     add_model_flags(up, FederationConfig)
     add_model_flags(up, ServiceSettings)
+
+    prov = sub.add_parser(
+        "provision",
+        help="create per-role broker and Redis users and one config file per role",
+        description="Create the federation's users (least-privilege broker permissions, "
+        "Redis ACL users), declare its topology and write <out>/<role>.toml (mode 0600). "
+        "broker_url and redis_url are the operator's admin URLs.",
+    )
+    _common(prov, log_level=False)
+    prov.add_argument("--out", type=Path, help="folder for the role files (runs/<run>/secrets)")
+    prov.add_argument(
+        "--print",
+        dest="print_only",
+        action="store_true",
+        help="only print the rabbitmqctl and redis-cli commands (passwords included)",
+    )
+    prov.add_argument("--delete", metavar="RUN", help="delete the users of run RUN and exit")
+    add_model_flags(prov, FederationConfig)
+    add_model_flags(prov, ServiceSettings)
 
     report = sub.add_parser(
         "report",
@@ -120,13 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "down":
             config = config.model_copy(update={"run_id": args.run})
-        if args.command in ("up", "down"):
+        if args.command in ("up", "provision", "down"):
             settings = load_config(
                 ServiceSettings,
                 path=args.config,
                 section="service",
                 overrides=flag_overrides(args, ServiceSettings),
             )
+            if args.command == "provision":
+                return _provision(config, settings, args)
             if args.command == "down":
                 return _down(config, settings, tuple(args.reply_worker))
             return _up(config, settings, args)
@@ -199,7 +225,16 @@ def _up(config: FederationConfig, settings: ServiceSettings, args: argparse.Name
         f"scarlet: starting the cache service, the aggregator and {count} {mode} workers "
         f"({config.algorithm} on {config.dataset}, {config.rounds} rounds); logs in {run_dir}"
     )
-    launcher = Launcher(config, settings, args.workers, run_dir, fresh=not args.resume)
+    if args.no_provision:
+        print("scarlet: --no-provision: every service runs as the admin user", file=sys.stderr)
+    launcher = Launcher(
+        config,
+        settings,
+        args.workers,
+        run_dir,
+        fresh=not args.resume,
+        provision=not args.no_provision,
+    )
     return launcher.run(Path(args.out), progress=not args.no_progress)
 
 
@@ -215,6 +250,24 @@ def _down(config: FederationConfig, settings: ServiceSettings, workers: tuple[st
         f"scarlet: removed run {config.run_id}: {len(removed.queues)} queues, "
         f"{len(removed.exchanges)} exchanges, Redis keys {removed.key_pattern}"
     )
+    return EXIT_OK
+
+
+def _provision(
+    config: FederationConfig, settings: ServiceSettings, args: argparse.Namespace
+) -> int:
+    from scarlet.provision import delete_users, provision
+
+    if args.delete:
+        for name in delete_users(args.delete, settings):
+            print(f"scarlet: deleted {name}")
+        return EXIT_OK
+    out = args.out or Path(f"runs/{config.run_id}/secrets")
+    made = provision(config, settings, out, apply=not args.print_only)
+    for line in made.commands:
+        print(line)
+    for name, path in made.files.items():
+        print(f"scarlet: {name}: {path}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -5,6 +5,10 @@ persistence and accounting; the worker's task handler) over the in-process trans
 store, so every message is encoded, counted and decoded as it would be on RabbitMQ. The
 clients run in turn between the aggregator publishing a round's tasks and collecting the
 uploads.
+
+Every process has its own identity, as under ``scarlet up``: the aggregator's handle
+publishes as the aggregator's broker user, each client's as its own, and the sender
+checks (``verify_senders``) run exactly as in the services.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from shared.protocol.codec import DecodeLimits
 from shared.results import RoundRecord, RunResults
 from shared.rounds.client import ClientRuntime
 from shared.rounds.setup import apply_threads, build_runtime, prepare_data
+from shared.security.roles import identities_of, sender_identities
 from shared.state.memory import MemoryFederationStore
 from shared.transport.memory import InMemoryTransport
 
@@ -60,19 +65,29 @@ class EmbeddedFederation:
         self.config = config
         self.data = data
         self.metrics = metrics or Metrics.create()
-        self.broker = InMemoryTransport()
+        settings = ServiceSettings()
+        ids = identities_of(settings)
+        senders = sender_identities(settings)
+        self.broker = InMemoryTransport(user=ids.aggregator)
         self.store = MemoryFederationStore(config.run_id)
         self.aggregator = RoundCoordinator(
-            config, ServiceSettings(), data, self.broker, self.store, self.metrics
+            config, settings, data, self.broker, self.store, self.metrics, senders=senders
         )
         self.clients = InMemoryClients(config, data)
-        self.worker_transport = self.broker.connect()
-        self.handler = TaskHandler(
-            self.clients,
-            self.worker_transport,
-            DecodeLimits(config.public_size, data.num_classes),
-            metrics=self.metrics,
-        )
+        self.worker_transport = self.broker.connect(user=ids.client(0))
+        limits = DecodeLimits(config.public_size, data.num_classes)
+        # one handle per client, each publishing as its client's identity
+        self.handlers = [
+            TaskHandler(
+                self.clients,
+                self.broker.connect(user=ids.client(k)),
+                limits,
+                metrics=self.metrics,
+                senders=senders,
+            )
+            for k in range(config.clients)
+        ]
+        self.handler = self.handlers[0]
         self.results = RunResults(config=config.model_dump())
         self.aggregator.start()
 
@@ -82,7 +97,7 @@ class EmbeddedFederation:
             delivery = self.worker_transport.get(routes.client_tasks_queue(run, k), timeout_s=1.0)
             if delivery is None:
                 raise RuntimeError(f"client {k}: no task for round {self.aggregator.core.round}")
-            self.handler.handle(delivery)
+            self.handlers[k].handle(delivery)
 
     def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> RunResults:
         """Run every configured round; ``on_round`` is called after each one."""

@@ -36,7 +36,7 @@ from typing import IO
 from tqdm import tqdm
 
 from shared.config import FederationConfig, ServiceSettings, dump_toml
-from shared.errors import ConfigError, TransportError
+from shared.errors import ConfigError, ScarletError, TransportError
 from shared.protocol import routes
 from shared.results import RoundRecord, RunResults, format_round_line
 from shared.state import open_federation_store
@@ -64,6 +64,11 @@ class Launcher:
 
     Args:
         config: the federation.
+        provision: give every service its own broker user (``scarlet provision``): each
+            child gets only its role's file from ``<run_dir>/secrets/`` (mode 0600), the
+            workers never hold the admin user, and the users are deleted when the run
+            stops. False (``scarlet up --no-provision``): every child shares the admin
+            URLs of ``settings`` and sender checks are off (``verify_senders = false``).
         settings: broker, store and service settings (``worker_mode`` picks the mode).
         workers: pool-mode worker count (pinned mode runs one worker per client).
         run_dir: where the children's logs and configuration go.
@@ -72,10 +77,17 @@ class Launcher:
             ``<run_dir>/../targets/<run_id>.json``).
         max_restarts: how often one child that crashed (a non-zero exit, a signal) is
             started again before the whole federation is stopped (0: never).
+        provision: give every service its own broker user (``scarlet provision``): each
+            child gets only its role's file from ``<run_dir>/secrets/`` (mode 0600), the
+            workers never hold the admin user, and the users are deleted when the run
+            stops. False (``scarlet up --no-provision``): every child shares the admin
+            URLs of ``settings`` and sender checks are off (``verify_senders = false``).
 
     Pinned workers keep their client's state in ``<run_dir>/state/<worker>/`` (written
     atomically after each task), so a restarted worker continues where it stopped.
 
+    provision: bool = False
+    role_configs: dict[str, Path] = field(default_factory=dict)
     ``settings.metrics_port`` is the base of the children's metrics ports (0: no metrics);
     see :meth:`metrics_ports`.
     """
@@ -345,3 +357,16 @@ class Launcher:
                 child.process.wait()
             child.log.close()
         self.children.clear()
+        self.deprovision()
+
+    def deprovision(self) -> None:
+        """Delete the run's broker and Redis users (when provisioned); idempotent."""
+        if not self.role_configs:
+            return
+        self.role_configs = {}
+        try:
+            deleted = delete_users(self.config.run_id, self.settings)
+        except ScarletError as e:
+            print(f"scarlet: could not delete the run's users: {e}", file=sys.stderr)
+            return
+        print(f"scarlet: deleted {len(deleted)} users of run {self.config.run_id}", file=sys.stderr)

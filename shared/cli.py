@@ -199,10 +199,14 @@ def setup_logging(level_name: str, service: str) -> None:
     logging.getLogger("pika").setLevel(max(level, logging.WARNING))
 
 
-def serve_metrics(port: int, registry: CollectorRegistry) -> None:
-    """Expose ``registry`` on ``http://0.0.0.0:port/metrics`` (port 0: do nothing)."""
+def serve_metrics(port: int, registry: CollectorRegistry, host: str = "127.0.0.1") -> None:
+    """Expose ``registry`` on ``http://host:port/metrics`` (port 0: do nothing).
+
+    Loopback by default (``metrics_host``): a deployment opens it to every interface
+    (``0.0.0.0``) where a network policy says who may scrape.
+    """
     if port:
-        start_http_server(port, registry=registry)
+        start_http_server(port, addr=host, registry=registry)
 
 
 @contextlib.contextmanager
@@ -265,7 +269,7 @@ def serving(settings: ServiceSettings, connection_name: str) -> Iterator[Serving
         TransportUnavailable: the broker cannot be reached within the reconnect budget.
     """
     metrics = Metrics.create()
-    serve_metrics(settings.metrics_port, metrics.registry)
+    serve_metrics(settings.metrics_port, metrics.registry, settings.metrics_host)
     with stop_on_signals() as stop, contextlib.ExitStack() as cleanup:
         transport = open_service_transport(settings, connection_name)
         cleanup.callback(transport.close)

@@ -224,6 +224,24 @@ class ServiceSettings(BaseModel):
         "pinned", description="pinned: one queue per client; pool: one shared task queue"
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+    metrics_host: str = Field(
+        "127.0.0.1", description="address /metrics listens on (0.0.0.0: every interface)"
+    )
+    verify_senders: bool = Field(
+        True,
+        description="accept uploads, tasks, cache-sync requests and replies only from the "
+        "broker user (AMQP user_id) of the role that may send them",
+    )
+    aggregator_user: str = Field(
+        "scarlet-aggregator", description="broker user of the aggregator (tasks come from it)"
+    )
+    cache_user: str = Field(
+        "scarlet-cache", description="broker user of the cache service (replies come from it)"
+    )
+    pool_user: str = Field("scarlet-pool", description="broker user every pool worker shares")
+    client_user_prefix: str = Field(
+        "scarlet-client-", description="pinned client k's broker user is this prefix + k"
+    )
     round_timeout_s: float = Field(
         600.0, gt=0, description="deadline after which a round closes with a minimum quorum"
     )

@@ -9,7 +9,8 @@ Every error a caller is expected to handle derives from :class:`ScarletError`::
     │   └── MessageTooLarge      a body over the configured size limit
     ├── TransportError           the message broker
     │   ├── TransportUnavailable cannot connect (yet); retry with backoff
-    │   └── TransportClosed      the connection went away under us
+    │   ├── TransportClosed      the connection went away under us
+    │   └── AccessRefused        the broker refused an operation this user may not do
     ├── StateError               the state store or a round state machine
     │   ├── StoreUnavailable     the store cannot be reached
     │   ├── RoundStateConflict   an operation that the round's state forbids
@@ -23,6 +24,7 @@ Adapters convert library exceptions (pika, redis, msgpack) into these at the bou
 from __future__ import annotations
 
 __all__ = [
+    "AccessRefused",
     "CacheDesync",
     "ConfigError",
     "DataError",
@@ -70,6 +72,10 @@ class TransportUnavailable(TransportError):
 
 class TransportClosed(TransportError):
     """The broker connection or channel was closed."""
+
+
+class AccessRefused(TransportError):
+    """The broker refused what the connection's user may not do (403, or a forged user_id)."""
 
 
 class StateError(ScarletError):

@@ -20,6 +20,7 @@ from shared import cli
 from shared.config import FederationConfig, ServiceSettings
 from shared.results import RoundRecord, RunResults, format_round_line
 from shared.rounds.setup import apply_threads, prepare_data
+from shared.security.roles import sender_identities
 from shared.state import open_federation_store
 from shared.transport.topology import declare_topology
 

@@ -69,6 +69,8 @@ class RoundCoordinator:
             registry when None); ignored when ``observer`` is given.
         clock: monotonic seconds (tests inject a manual clock).
         observer: the round loop's hooks (default: the metrics).
+        senders: accept an upload only from the broker user of the client it names (the
+            pool's in pool mode); None: no sender check (``verify_senders`` off).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class RoundCoordinator:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: RoundObserver | None = None,
+        senders: Identities | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
@@ -92,7 +95,9 @@ class RoundCoordinator:
         self.limits = DecodeLimits(config.public_size, data.num_classes, settings.max_message_bytes)
         self.core = AggregatorCore(config, data.num_classes)
         self.server = ServerModel(config, data.public, data.test, data.num_classes)
-        self.intake = UploadIntake(config, self.core, store, self.limits, self.observer)
+        self.intake = UploadIntake(
+            config, self.core, store, self.limits, self.observer, senders, settings.worker_mode
+        )
         self.progress = RoundProgress()
         self.records: list[RoundRecord] = []
 
@@ -236,7 +241,13 @@ class RoundCoordinator:
             delivery = self.transport.get(queue, timeout_s=_POLL_S)
             if delivery is not None:
                 try:
-                    self.intake.take(delivery.body, self.progress, delivery.ack, delivery.reject)
+                    self.intake.take(
+                        delivery.body,
+                        self.progress,
+                        delivery.ack,
+                        delivery.reject,
+                        sender=delivery.user_id,
+                    )
                 except TransportClosed as e:
                     # its channel went away before the ack; it is recorded (or was
                     # rejected) and the broker requeued it: the redelivery is a duplicate

@@ -19,6 +19,7 @@ from shared.errors import ProtocolError
 from shared.protocol.codec import DecodeLimits, decode_upload
 from shared.protocol.messages import SoftLabelUpload
 from shared.rounds.aggregator import AggregatorCore, RoundPhase, UploadOutcome
+from shared.security.roles import Identities
 from shared.state.base import FederationStore
 
 __all__ = ["UploadIntake"]
@@ -37,6 +38,10 @@ class UploadIntake:
         store: where accepted uploads are recorded.
         limits: decoding bounds.
         observer: told of every outcome.
+        senders: when given, an upload is taken only from the broker user (AMQP
+            ``user_id``) of the client it names, or the pool's in pool mode; any other
+            is dead-lettered and counted ``forged``, never recorded.
+        worker_mode: ``pinned`` or ``pool`` (whose identity may upload).
     """
 
     def __init__(
@@ -46,12 +51,16 @@ class UploadIntake:
         store: FederationStore,
         limits: DecodeLimits,
         observer: RoundObserver,
+        senders: Identities | None = None,
+        worker_mode: str = "pinned",
     ) -> None:
         self.config = config
         self.core = core
         self.store = store
         self.limits = limits
         self.observer = observer
+        self.senders = senders
+        self.worker_mode = worker_mode
 
     def take(
         self,
@@ -59,8 +68,13 @@ class UploadIntake:
         progress: RoundProgress,
         ack: Callable[[], None],
         reject: Callable[..., None],
+        sender: str | None = None,
     ) -> str:
-        """Handle one delivery; returns the outcome counted (``invalid`` or an upload outcome)."""
+        """Handle one delivery; returns the outcome counted.
+
+        Outcomes: ``invalid`` (undecodable), ``forged`` (``sender`` is not the identity
+        allowed to upload for the client the upload names), or an upload outcome.
+        """
         try:
             upload = decode_upload(body, self.limits)
         except ProtocolError as e:
@@ -70,6 +84,19 @@ class UploadIntake:
             reject(requeue=False, reason=str(e)[:_REASON_CHARS])
             self.observer.upload_dead_lettered()
             return self._count(progress, "invalid", len(body), accepted=False)
+        if self.senders is not None and not self.senders.upload_sender_ok(
+            sender, upload.client_id, self.worker_mode
+        ):
+            # before classify: a forged upload must not even take the client's slot
+            logger.warning(
+                "collect: round=%s dead-lettering an upload for client %s sent by %r",
+                self.core.round,
+                upload.client_id,
+                sender,
+            )
+            reject(requeue=False, reason=f"forged: client {upload.client_id} sent by {sender!r}")
+            self.observer.upload_dead_lettered()
+            return self._count(progress, "forged", len(body), accepted=False)
         outcome = self.core.classify(upload)
         # durable before acked: a crash after this line redelivers it as a duplicate
         if outcome is UploadOutcome.ACCEPTED and not self.store.record_upload(

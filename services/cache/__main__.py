@@ -19,6 +19,7 @@ Exit status (:func:`shared.cli.run_service`): 0 done, 1 configuration or runtime
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 
@@ -27,6 +28,7 @@ from shared import cli
 from shared.config import FederationConfig, ServiceSettings
 from shared.data.catalog import dataset_classes
 from shared.protocol.codec import DecodeLimits
+from shared.security.roles import sender_identities
 from shared.state import open_federation_store
 from shared.state.base import check_run_id
 

@@ -16,7 +16,9 @@ Per request, exactly one outcome (``CacheService.stats``):
   this service cannot send (corrupt, another class count, too large): a reply with
   ``error`` set was published so the worker does not wait out its timeout, then the
   request acked;
-- ``unroutable``: the reply queue does not exist (the worker is gone): dead-lettered.
+- ``unroutable``: the reply queue does not exist (the worker is gone): dead-lettered;
+- ``forged``: the sender (AMQP ``user_id``) is not a client of the run nor the pool:
+  dead-lettered unanswered.
 
 Broker outages (:class:`~shared.errors.TransportUnavailable`,
 :class:`~shared.errors.TransportClosed`) propagate out of ``serve_once``; an unsettled
@@ -55,9 +57,14 @@ from shared.protocol.cache_sync import (
     failed_response,
 )
 from shared.protocol.codec import DecodeLimits
-from shared.protocol.routes import cache_rpc_queue
+from shared.protocol.routes import (
+    CACHE_RPC_KEY,
+    cache_rpc_exchange,
+    cache_rpc_queue,
+    replies_exchange,
+)
 from shared.state.base import CacheSnapshot, FederationStore
-from shared.transport.base import Delivery, QueueSpec, Transport
+from shared.transport.base import Delivery, ExchangeSpec, QueueSpec, Transport
 
 __all__ = ["POLL_S", "CacheService"]
 
@@ -83,6 +90,9 @@ class CacheService:
         metrics: metric catalogue (a private registry when None): requests per outcome,
             the bytes of requests received and replies published (kind ``cache_sync``,
             also counted as overhead: DS-FL never needs them) and dead letters.
+        requesters: which broker users (AMQP ``user_id``) may ask, e.g.
+            ``Identities.requester_ok``; a request from anyone else is dead-lettered and
+            counted ``forged``. None: anyone may (``verify_senders`` off).
     """
 
     def __init__(
@@ -94,11 +104,13 @@ class CacheService:
         metrics: Metrics | None = None,
     ) -> None:
         self.metrics = metrics or Metrics.create()
+        self._requesters = requesters
         self._transport = transport
         self._store = store
         self._run_id = run_id
         self._limits = limits
         self._queue = cache_rpc_queue(run_id)
+        self._replies = replies_exchange(run_id)
         self.stats: collections.Counter[str] = collections.Counter()
         """Requests per outcome: answered, invalid, store_unavailable, store_error,
         unroutable."""
@@ -115,7 +127,11 @@ class CacheService:
             TransportError: the queue exists with other settings.
             TransportUnavailable: the broker cannot be reached.
         """
-        self._transport.declare(queues=[QueueSpec(self._queue, dead_letter=True)])
+        rpc, replies = cache_rpc_exchange(self._run_id), replies_exchange(self._run_id)
+        self._transport.declare(
+            [ExchangeSpec(rpc), ExchangeSpec(replies)],
+            [QueueSpec(self._queue, ((rpc, CACHE_RPC_KEY),), dead_letter=True)],
+        )
 
     def serve_once(self, timeout_s: float) -> bool:
         """Handle at most one request, waiting up to ``timeout_s`` seconds for it.
@@ -168,6 +184,13 @@ class CacheService:
     def _handle(self, delivery: Delivery) -> None:
         started = time.perf_counter()
         self._count_bytes("up", len(delivery.body))
+        if self._requesters is not None and not self._requesters(delivery.user_id):
+            logger.warning(
+                "sync: run=%s dead-lettering a request sent by %r", self._run_id, delivery.user_id
+            )
+            delivery.reject(requeue=False, reason=f"forged: request sent by {delivery.user_id!r}")
+            self._count("forged", dead_lettered=True)
+            return
         try:
             request = decode_sync_request(delivery.body, self._limits)
             if request.run_id != self._run_id:
@@ -308,7 +331,7 @@ class CacheService:
         body = encode_sync_response(response)
         if len(body) <= self._limits.max_body_bytes:
             try:
-                self._transport.publish("", request.reply_to, body, headers)
+                self._transport.publish(self._replies, request.reply_to, body, headers)
                 self._count_bytes("down", len(body))
                 return response, outcome
             except MessageTooLarge:

@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from services.worker.clients import PinnedClient, PoolClients
 from services.worker.handler import TaskHandler
@@ -22,10 +22,11 @@ from services.worker.loop import WorkerLoop
 from services.worker.resync import CacheResync
 from shared import cli
 from shared.config import FederationConfig, ServiceSettings
-from shared.errors import ConfigError, ScarletError
+from shared.errors import AccessRefused, ConfigError, ScarletError
 from shared.protocol import routes
 from shared.protocol.codec import DecodeLimits
 from shared.rounds.setup import apply_threads, build_runtime, prepare_data
+from shared.security.roles import sender_identities, user_from_url
 from shared.state import open_client_store
 from shared.transport.base import Transport
 from shared.transport.topology import declare_client_queue, declare_pool_queue
@@ -67,7 +68,10 @@ def _serve(args: argparse.Namespace, config: FederationConfig, settings: Service
         raise ConfigError(f"--client {args.client} outside [0, {config.clients})")
     apply_threads(config)
     data = prepare_data(config)
-    worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    # the worker id starts with the broker user: its permissions name its reply queues
+    user = user_from_url(settings.broker_url) or "worker"
+    worker_id = f"{user}.{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    senders = sender_identities(settings)
     limits = DecodeLimits(config.public_size, data.num_classes, settings.max_message_bytes)
     with cli.serving(settings, f"scarlet-worker/{worker_id}") as serving:
         transport, run = serving.transport, config.run_id
@@ -76,23 +80,35 @@ def _serve(args: argparse.Namespace, config: FederationConfig, settings: Service
             provider: PinnedClient | PoolClients = PoolClients(
                 config, data, open_client_store(settings.state_url, run)
             )
-            declare_pool_queue(transport, config)
+            _declare_if_allowed(lambda: declare_pool_queue(transport, config))
             client_id = -1
         else:
             queue = routes.client_tasks_queue(run, args.client)
-            declare_client_queue(transport, config, args.client)
+            _declare_if_allowed(lambda: declare_client_queue(transport, config, args.client))
             store = open_client_store(f"file://{args.state_dir}", run) if args.state_dir else None
             provider = PinnedClient(build_runtime(config, data, args.client), store)
             client_id = args.client
-        resync = CacheResync(transport, run, client_id, worker_id, limits, settings.rpc_timeout_s)
+        resync = CacheResync(
+            transport, run, client_id, worker_id, limits, settings.rpc_timeout_s, senders
+        )
         resync.declare()
         serving.cleanup.callback(
             lambda: _delete_quietly(transport, routes.reply_queue(run, worker_id))
         )
-        handler = TaskHandler(provider, transport, limits, resync, serving.metrics)
+        handler = TaskHandler(provider, transport, limits, resync, serving.metrics, senders)
         logger.info("worker: %s serving %s", worker_id, queue)
         WorkerLoop(handler, transport, queue).run(serving.stop, args.max_tasks)
         logger.info("worker: %s stopping", worker_id)
+
+
+def _declare_if_allowed(declare: Callable[[], None]) -> None:
+    # a least-privilege worker may not declare its task queue (binding it is read on the
+    # rounds exchange, which would let it bind any queue to any client's tasks): then the
+    # aggregator or ``scarlet provision`` declared it, and get() says so if not
+    try:
+        declare()
+    except AccessRefused:
+        logger.info("worker: not allowed to declare the task queue; using the existing one")
 
 
 def _delete_quietly(transport: Transport, queue: str) -> None:

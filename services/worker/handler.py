@@ -29,6 +29,7 @@ from shared.protocol.codec import DecodeLimits, decode_task, encode_upload
 from shared.protocol.messages import SoftLabelUpload, TrainTask
 from shared.protocol.routes import uploads_queue
 from shared.rounds.client import ClientRuntime
+from shared.security.roles import Identities
 from shared.transport.base import Delivery, Transport
 
 __all__ = ["Job", "Resync", "RuntimeProvider", "TaskHandler"]
@@ -81,6 +82,9 @@ class TaskHandler:
         limits: decoder limits.
         resync: how a replica out of step is resynced (None: a desync requeues the task).
         metrics: metric catalogue.
+        senders: when given, a task is taken only from the aggregator's broker user
+            (AMQP ``user_id``); any other is dead-lettered and counted ``forged``, and
+            the client's state is not touched. None: no sender check.
     """
 
     def __init__(
@@ -90,12 +94,14 @@ class TaskHandler:
         limits: DecodeLimits,
         resync: Resync | None = None,
         metrics: Metrics | None = None,
+        senders: Identities | None = None,
     ) -> None:
         self.provider = provider
         self.transport = transport
         self.limits = limits
         self.resync = resync
         self.metrics = metrics or Metrics.create()
+        self.senders = senders
 
     def handle(self, delivery: Delivery) -> SoftLabelUpload | None:
         """All three halves on the calling thread (the embedded simulation's path)."""
@@ -107,6 +113,13 @@ class TaskHandler:
 
     def prepare(self, delivery: Delivery) -> Job | None:
         """Decode, deduplicate and restore; None when the delivery is already settled."""
+        if self.senders is not None and not self.senders.task_sender_ok(delivery.user_id):
+            # before decoding: nothing a forged task says may reach the client's state
+            logger.warning("handle: dead-lettering a task sent by %r", delivery.user_id)
+            delivery.reject(requeue=False, reason=f"forged: task sent by {delivery.user_id!r}")
+            self._count("forged")
+            self.metrics.dead_letters_total.labels(kind="task").inc()
+            return None
         try:
             task = decode_task(delivery.body, self.limits)
         except ProtocolError as e:
@@ -227,7 +240,7 @@ class TaskHandler:
         self._count("redelivered")
 
     def _publish(self, task: TrainTask, body: bytes) -> None:
-        self.transport.publish("", uploads_queue(task.run_id), body, {"kind": "upload"})
+        self.transport.publish(uploads_exchange(task.run_id), UPLOAD_KEY, body, {"kind": "upload"})
         self.metrics.bytes_total.labels(direction="up", kind="upload").inc(len(body))
 
     def _count(self, outcome: str) -> None:

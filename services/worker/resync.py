@@ -13,7 +13,8 @@ in a restart, or fails a digest check, it asks the cache service over the broker
     resync.declare()
     version = resync.resync(cache, known_version)   # changes since, or full when None
 
-The request goes to ``cache_rpc_queue(run)``, the reply comes back on this worker's
+The request goes through ``cache_rpc_exchange(run)`` to ``cache_rpc_queue(run)``; the
+reply comes back through ``replies_exchange(run)`` on this worker's
 ``reply_queue(run, worker_id)`` with the header ``request-id``. Replies to earlier
 requests (a previous timeout, a redelivered request answered twice) are acked and
 skipped. A replica is verified against the response's digest after every install; one
@@ -25,6 +26,7 @@ transport is polled in short slices, so AMQP heartbeats keep flowing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -34,6 +36,7 @@ import torch
 
 from shared.cache_policy import NEVER, ClientCache
 from shared.errors import (
+    AccessRefused,
     CacheDesync,
     ProtocolError,
     TransportClosed,
@@ -48,8 +51,15 @@ from shared.protocol.cache_sync import (
     encode_sync_request,
 )
 from shared.protocol.codec import DecodeLimits
-from shared.protocol.routes import cache_rpc_queue, reply_queue
-from shared.transport.base import Delivery, QueueSpec, Transport
+from shared.protocol.routes import (
+    CACHE_RPC_KEY,
+    cache_rpc_exchange,
+    cache_rpc_queue,
+    replies_exchange,
+    reply_queue,
+)
+from shared.security.roles import Identities
+from shared.transport.base import Delivery, ExchangeSpec, QueueSpec, Transport
 
 __all__ = ["CacheResync"]
 
@@ -75,6 +85,8 @@ class CacheResync:
             run (1-128 characters of ``A-Za-z0-9_.-``, no leading ``_.-``).
         limits: the run's decode limits; replies are validated against them.
         timeout_s: how long :meth:`fetch` waits for the reply.
+        senders: when given, a reply is taken only from the cache service's broker user
+            (AMQP ``user_id``); any other is dead-lettered and skipped. None: no check.
 
     Raises:
         ValueError: an invalid ``worker_id`` or a non-positive ``timeout_s``.
@@ -88,6 +100,7 @@ class CacheResync:
         worker_id: str,
         limits: DecodeLimits,
         timeout_s: float,
+        senders: Identities | None = None,
     ) -> None:
         if not _WORKER_ID.fullmatch(worker_id):
             raise ValueError(f"invalid worker id {worker_id!r}: use 1-128 of A-Za-z0-9_.-")
@@ -98,6 +111,9 @@ class CacheResync:
         self._client_id = client_id
         self._limits = limits
         self._timeout_s = timeout_s
+        self._senders = senders
+        self.forged_replies = 0
+        """Replies dead-lettered because they did not come from the cache service."""
         self.reply_queue = reply_queue(run_id, worker_id)
         """This worker's reply queue."""
 
@@ -108,8 +124,18 @@ class CacheResync:
             TransportError: the queue exists with other settings.
             TransportUnavailable: the broker cannot be reached.
         """
+        # bound by its own name; the replies exchange is the aggregator's and the cache's
+        # to declare (a worker's broker user may not)
+        replies = replies_exchange(self._run_id)
+        binding = ((replies, self.reply_queue),)
+        with contextlib.suppress(AccessRefused):  # least privilege: the aggregator did
+            self._transport.declare([ExchangeSpec(replies)])
         self._transport.declare(
-            queues=[QueueSpec(self.reply_queue, dead_letter=True, expires_s=_REPLY_QUEUE_EXPIRES_S)]
+            queues=[
+                QueueSpec(
+                    self.reply_queue, binding, dead_letter=True, expires_s=_REPLY_QUEUE_EXPIRES_S
+                )
+            ]
         )
 
     def fetch(self, since_version: int | None) -> CacheSyncResponse:
@@ -230,7 +256,10 @@ class CacheResync:
         queue = cache_rpc_queue(self._run_id)
         try:
             self._transport.publish(
-                "", queue, encode_sync_request(request), {HEADER_REQUEST_ID: request.request_id}
+                cache_rpc_exchange(self._run_id),
+                CACHE_RPC_KEY,
+                encode_sync_request(request),
+                {HEADER_REQUEST_ID: request.request_id},
             )
         except (TransportUnavailable, TransportClosed):
             raise
@@ -245,6 +274,16 @@ class CacheResync:
         while (remaining := deadline - time.monotonic()) > 0:
             delivery = self._transport.get(self.reply_queue, timeout_s=min(_POLL_S, remaining))
             if delivery is None:
+                continue
+            if self._senders is not None and not self._senders.reply_sender_ok(delivery.user_id):
+                logger.warning(
+                    "sync: run=%s client=%s dead-lettering a reply sent by %r",
+                    self._run_id,
+                    self._client_id,
+                    delivery.user_id,
+                )
+                delivery.reject(requeue=False, reason=f"forged: reply sent by {delivery.user_id!r}")
+                self.forged_replies += 1
                 continue
             if delivery.headers.get(HEADER_REQUEST_ID) != request.request_id:
                 logger.info(

@@ -1,16 +1,39 @@
-"""Logical names of exchanges and queues, as functions of the federation's run id."""
+"""Logical names of exchanges and queues, as functions of the federation's run id.
+
+Every kind of message has an exchange of its own, so no role ever needs write permission
+on the default exchange (``amq.default`` reaches every queue by name; DESIGN §10):
+
+- ``rounds_exchange`` (key ``client_routing_key(k)``) -> ``client_tasks_queue(k)``, or
+  ``pool_tasks_queue`` bound to every client's key;
+- ``uploads_exchange`` (key :data:`UPLOAD_KEY`) -> ``uploads_queue``;
+- ``cache_rpc_exchange`` (key :data:`CACHE_RPC_KEY`) -> ``cache_rpc_queue``;
+- ``replies_exchange`` (key: the reply queue's own name) -> ``reply_queue(run, worker)``.
+
+All four are direct exchanges.
+"""
 
 from __future__ import annotations
 
 __all__ = [
+    "CACHE_RPC_KEY",
+    "UPLOAD_KEY",
+    "cache_rpc_exchange",
     "cache_rpc_queue",
     "client_routing_key",
     "client_tasks_queue",
     "pool_tasks_queue",
-    "rounds_exchange",
+    "replies_exchange",
     "reply_queue",
+    "rounds_exchange",
+    "uploads_exchange",
     "uploads_queue",
 ]
+
+UPLOAD_KEY = "upload"
+"""Routing key of uploads on the uploads exchange."""
+
+CACHE_RPC_KEY = "request"
+"""Routing key of cache-sync requests on the cache-rpc exchange."""
 
 
 def rounds_exchange(run_id: str) -> str:
@@ -33,9 +56,22 @@ def pool_tasks_queue(run_id: str) -> str:
     return f"scarlet.{run_id}.tasks"
 
 
+def uploads_exchange(run_id: str) -> str:
+    """Direct exchange workers publish uploads to (key :data:`UPLOAD_KEY`).
+
+    It has the uploads queue's name: exchanges and queues are separate name spaces.
+    """
+    return f"scarlet.{run_id}.uploads"
+
+
 def uploads_queue(run_id: str) -> str:
     """Queue of soft-label uploads, consumed by the aggregator."""
     return f"scarlet.{run_id}.uploads"
+
+
+def cache_rpc_exchange(run_id: str) -> str:
+    """Direct exchange workers publish cache-sync requests to (key :data:`CACHE_RPC_KEY`)."""
+    return f"scarlet.{run_id}.cache-rpc"
 
 
 def cache_rpc_queue(run_id: str) -> str:
@@ -43,6 +79,15 @@ def cache_rpc_queue(run_id: str) -> str:
     return f"scarlet.{run_id}.cache-rpc"
 
 
+def replies_exchange(run_id: str) -> str:
+    """Direct exchange the cache service publishes replies to (key: the reply queue)."""
+    return f"scarlet.{run_id}.replies"
+
+
 def reply_queue(run_id: str, worker_id: str) -> str:
-    """A worker's own queue for cache-sync replies."""
+    """A worker's own queue for cache-sync replies (bound with its own name as key).
+
+    Workers start ``worker_id`` with their broker user and a dot, so a client's broker
+    permissions can name its own reply queues (``shared.security.roles``).
+    """
     return f"scarlet.{run_id}.reply.{worker_id}"

@@ -58,7 +58,13 @@ from typing import TypeVar
 import pika
 import pika.exceptions
 
-from shared.errors import ConfigError, TransportClosed, TransportError, TransportUnavailable
+from shared.errors import (
+    AccessRefused,
+    ConfigError,
+    TransportClosed,
+    TransportError,
+    TransportUnavailable,
+)
 from shared.security.tls import client_context, split_tls_query
 from shared.transport.base import (
     DEAD_LETTER_EXCHANGE,
@@ -83,6 +89,20 @@ _BROKER_DEATH_HEADERS = {
     HEADER_ORIGINAL_QUEUE: "x-first-death-queue",
     HEADER_REJECT_REASON: "x-first-death-reason",
 }
+
+
+_ACCESS_REFUSED = 403
+_PRECONDITION_FAILED = 406
+
+
+def _refusal(op: str, e: pika.exceptions.ChannelClosedByBroker) -> TransportError:
+    """The typed error of a broker refusal: permissions and forged user_id are AccessRefused."""
+    text = f"{op}: broker refused ({e.reply_code} {e.reply_text})"
+    if e.reply_code == _ACCESS_REFUSED or (
+        e.reply_code == _PRECONDITION_FAILED and "user_id" in str(e.reply_text)
+    ):
+        return AccessRefused(text)
+    return TransportError(text)
 
 
 def _connect_failure(e: Exception, tls: bool) -> str:
@@ -134,6 +154,7 @@ class _Pending:
     redelivered: bool
     raw_headers: dict[str, object] | None
     body: bytes
+    user_id: str | None = None
 
 
 class AmqpDelivery:
@@ -154,6 +175,7 @@ class AmqpDelivery:
         "headers",
         "queue",
         "redelivered",
+        "user_id",
     )
 
     def __init__(
@@ -163,6 +185,7 @@ class AmqpDelivery:
         self.headers: Mapping[str, str] = _text_headers(pending.raw_headers)
         self.redelivered: bool = pending.redelivered
         self.queue: str = queue
+        self.user_id: str | None = pending.user_id  # checked by the broker: the sender
         self._transport = transport
         self._tag = pending.tag
         self._raw_headers = pending.raw_headers  # republished as-is when dead-lettered
@@ -257,7 +280,9 @@ class AmqpTransport:
             self._params.blocked_connection_timeout = blocked_timeout_s
             self._params.connection_attempts = 1  # the backoff below is ours
             self._params.client_properties = {"connection_name": connection_name}
-        except (TypeError, ValueError) as e:
+            # stamped on every publish as user_id; RabbitMQ refuses any other name
+            self.user: str = str(self._params.credentials.username)
+        except (TypeError, ValueError, AttributeError) as e:
             raise ConfigError(f"invalid AMQP URL {self._url}: {e}") from None
         self._tls = tls is not None
         if tls is not None:
@@ -462,6 +487,7 @@ class AmqpTransport:
         properties = pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent,
             headers=dict(headers) if headers else None,
+            user_id=self.user,
         )
         try:
             self._publisher().basic_publish(
@@ -509,7 +535,9 @@ class AmqpTransport:
         properties: pika.BasicProperties,
         body: bytes,
     ) -> None:
-        pending = _Pending(method.delivery_tag, method.redelivered, properties.headers, body)
+        pending = _Pending(
+            method.delivery_tag, method.redelivered, properties.headers, body, properties.user_id
+        )
         buffer = self._buffers.get(queue)
         if buffer is None:  # consumer released meanwhile: give the message back now
             channel.basic_reject(method.delivery_tag, requeue=True)
@@ -556,9 +584,7 @@ class AmqpTransport:
                 channel.basic_ack(delivery._tag)
         except pika.exceptions.ChannelClosedByBroker as e:
             self._recover_channels()
-            raise TransportError(
-                f"settle: broker refused ({e.reply_code} {e.reply_text})"
-            ) from None
+            raise _refusal("settle", e) from None
         except pika.exceptions.AMQPError as e:
             raise TransportClosed(f"settle: connection lost ({type(e).__name__})") from None
 
@@ -609,9 +635,7 @@ class AmqpTransport:
             except pika.exceptions.ChannelClosedByBroker as e:
                 # a refusal (404 NOT_FOUND, 406 PRECONDITION_FAILED, 403): not transient
                 self._recover_channels()
-                raise TransportError(
-                    f"{op}: broker refused ({e.reply_code} {e.reply_text})"
-                ) from None
+                raise _refusal(op, e) from None
             except pika.exceptions.AMQPError as e:
                 if self._conn is not None and self._conn.is_open:
                     self._recover_channels()
@@ -667,10 +691,18 @@ class AmqpTransport:
         self._conn = pika.BlockingConnection(self._params)
         self._open_channels()
         # the dead-letter queue must exist before anything is rejected into it
-        self._declare(
-            [ExchangeSpec(self._dlx, "fanout")],
-            [QueueSpec(self._dlq, ((self._dlx, ""),), dead_letter=False)],
-        )
+        try:
+            self._declare(
+                [ExchangeSpec(self._dlx, "fanout")],
+                [QueueSpec(self._dlq, ((self._dlx, ""),), dead_letter=False)],
+            )
+        except pika.exceptions.ChannelClosedByBroker as e:
+            if e.reply_code != _ACCESS_REFUSED:
+                raise
+            # a least-privilege user (a worker) may not declare them: whoever provisioned
+            # the federation did (shared.security.roles)
+            logger.debug("transport: %s may not declare the dead-letter topology", self.user)
+            self._open_channels()
         self._declare(self._exchanges.values(), self._queues.values())
 
     def _open_channels(self) -> None:

@@ -20,6 +20,11 @@ Semantics every implementation keeps:
   when a reason was given, ``x-reject-reason``. Queues declared with
   ``dead_letter=False`` drop rejected messages instead.
 - ``get`` on a queue that does not exist raises :class:`~shared.errors.TransportError`.
+- Every publish carries the sender: the connection's user (AMQP ``user_id``, which
+  RabbitMQ checks against the authenticated user; in memory, the name a handle was opened
+  with). Deliveries expose it as ``user_id`` (None when the message carries none, which
+  proves nothing). An operation the user has no permission for raises
+  :class:`~shared.errors.AccessRefused`.
 """
 
 from __future__ import annotations
@@ -113,12 +118,14 @@ class Delivery(Protocol):
         redelivered: True when the message may have been delivered before (it was
             requeued, or its previous consumer went away without settling it).
         queue: the queue it was taken from.
+        user_id: the broker user that published it (None: unknown, proves nothing).
     """
 
     body: bytes
     headers: Mapping[str, str]
     redelivered: bool
     queue: str
+    user_id: str | None
 
     def ack(self) -> None:
         """Remove the message for good; call only once its effect is durable.

@@ -38,9 +38,12 @@ from shared.transport.base import (
     check_message,
 )
 
-__all__ = ["InMemoryDelivery", "InMemoryTransport"]
+__all__ = ["DEFAULT_USER", "InMemoryDelivery", "InMemoryTransport"]
 
 _DEFAULT_EXCHANGE: Final = ""
+
+DEFAULT_USER: Final = "guest"
+"""Identity of a handle opened without one (RabbitMQ's local default user)."""
 
 
 @dataclass(slots=True)
@@ -49,6 +52,7 @@ class _Message:
     headers: dict[str, str]
     seq: int  # broker-wide publish order; a requeued message goes back to its slot
     redelivered: bool = False
+    user_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -116,7 +120,12 @@ class _Broker:
         ]
 
     def publish(
-        self, exchange: str, routing_key: str, body: bytes, headers: Mapping[str, str]
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        user_id: str | None = None,
     ) -> None:
         targets = self.route(exchange, routing_key)
         if not targets:
@@ -124,7 +133,7 @@ class _Broker:
                 f"unroutable message: exchange={exchange!r} routing_key={routing_key!r}"
             )
         for queue in targets:
-            queue.ready.append(_Message(body, dict(headers), self.next_seq))
+            queue.ready.append(_Message(body, dict(headers), self.next_seq, user_id=user_id))
         self.next_seq += 1
         self.cond.notify_all()
 
@@ -150,6 +159,7 @@ class InMemoryDelivery:
         "headers",
         "queue",
         "redelivered",
+        "user_id",
     )
 
     def __init__(self, handle: InMemoryTransport, queue: _Queue, message: _Message) -> None:
@@ -157,6 +167,7 @@ class InMemoryDelivery:
         self.headers: Mapping[str, str] = dict(message.headers)  # a copy: consumers may not edit
         self.redelivered: bool = message.redelivered
         self.queue: str = queue.spec.name
+        self.user_id: str | None = message.user_id
         self._handle = handle
         self._message = message
         self._spec = queue.spec  # kept: the queue may be deleted before the delivery is settled
@@ -195,7 +206,9 @@ class InMemoryDelivery:
                 headers[HEADER_ORIGINAL_QUEUE] = self.queue
                 if reason:
                     headers[HEADER_REJECT_REASON] = reason
-                broker.publish(broker.dead_letter_exchange, self.queue, self.body, headers)
+                broker.publish(
+                    broker.dead_letter_exchange, self.queue, self.body, headers, self._handle.user
+                )
             self._settle()
 
     def _check_unsettled(self) -> None:
@@ -220,11 +233,17 @@ class InMemoryTransport:
         max_message_bytes: largest body this handle publishes.
         dead_letter_exchange: name of the broker's dead-letter (fanout) exchange.
         dead_letter_queue: name of the broker's dead-letter queue.
+        user: this handle's identity, stamped on what it publishes (``Delivery.user_id``),
+            as RabbitMQ stamps the connection's user.
     """
+
+    user: str
+    """The identity this handle publishes as."""
 
     def __init__(
         self,
         *,
+        user: str = DEFAULT_USER,
         prefetch: int = 1,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         dead_letter_exchange: str = DEAD_LETTER_EXCHANGE,
@@ -233,17 +252,23 @@ class InMemoryTransport:
         if prefetch < 1:
             raise ConfigError("prefetch must be >= 1")
         self._broker = _Broker(dead_letter_exchange, dead_letter_queue)
+        self.user = user
         self._prefetch = prefetch
         self._max_message_bytes = max_message_bytes
         self._closed = False
         self._unsettled: dict[int, InMemoryDelivery] = {}
 
     def connect(
-        self, *, prefetch: int | None = None, max_message_bytes: int | None = None
+        self,
+        *,
+        user: str | None = None,
+        prefetch: int | None = None,
+        max_message_bytes: int | None = None,
     ) -> InMemoryTransport:
         """Open another client handle on this handle's broker.
 
         Args:
+            user: the new handle's identity; defaults to this handle's.
             prefetch: the new handle's prefetch; defaults to this handle's.
             max_message_bytes: the new handle's size limit; defaults to this handle's.
 
@@ -253,6 +278,7 @@ class InMemoryTransport:
         """
         handle = InMemoryTransport.__new__(InMemoryTransport)
         handle._broker = self._broker
+        handle.user = self.user if user is None else user
         handle._prefetch = self._prefetch if prefetch is None else prefetch
         handle._max_message_bytes = (
             self._max_message_bytes if max_message_bytes is None else max_message_bytes
@@ -292,7 +318,7 @@ class InMemoryTransport:
         check_message(body, headers, self._max_message_bytes)
         with self._broker.cond:
             self._check_open()
-            self._broker.publish(exchange, routing_key, body, headers or {})
+            self._broker.publish(exchange, routing_key, body, headers or {}, self.user)
 
     def get(self, queue: str, *, timeout_s: float) -> InMemoryDelivery | None:
         """Wait up to ``timeout_s`` seconds for the next message of ``queue``.

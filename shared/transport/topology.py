@@ -15,10 +15,23 @@ __all__ = ["declare_client_queue", "declare_pool_queue", "declare_topology"]
 
 
 def declare_topology(transport: Transport, config: FederationConfig, worker_mode: str) -> None:
-    """Declare the rounds exchange, the task queue(s) and the upload queue."""
+    """Declare the exchanges, the task queue(s) and the upload queue (bound to its exchange).
+
+    Also the cache-rpc and replies exchanges, so that a worker that starts before the cache
+    service can bind its reply queue: workers declare nothing but their reply queue.
+    """
     run = config.run_id
     exchange = routes.rounds_exchange(run)
-    transport.declare([ExchangeSpec(exchange)], [QueueSpec(routes.uploads_queue(run), quorum=True)])
+    uploads = routes.uploads_exchange(run)
+    transport.declare(
+        [
+            ExchangeSpec(exchange),
+            ExchangeSpec(uploads),
+            ExchangeSpec(routes.cache_rpc_exchange(run)),
+            ExchangeSpec(routes.replies_exchange(run)),
+        ],
+        [QueueSpec(routes.uploads_queue(run), ((uploads, routes.UPLOAD_KEY),), quorum=True)],
+    )
     if worker_mode == "pool":
         declare_pool_queue(transport, config)
         return

@@ -31,9 +31,9 @@ from shared.cache_policy import NEVER, ClientCache, ServerCache
 from shared.digests import EMPTY_DIGEST
 from shared.errors import CacheDesync, ScarletError, StoreUnavailable, TransportError
 from shared.protocol.codec import DecodeLimits
-from shared.protocol.routes import cache_rpc_queue, reply_queue
+from shared.protocol.routes import CACHE_RPC_KEY, cache_rpc_exchange, cache_rpc_queue, reply_queue
 from shared.state import CacheSnapshot, CacheUpdate, FederationStore, RedisFederationStore
-from shared.transport import HEADER_ORIGINAL_QUEUE, AmqpTransport, QueueSpec
+from shared.transport import HEADER_ORIGINAL_QUEUE, AmqpTransport, ExchangeSpec, QueueSpec
 from tests.conftest import AMQP_URL, require_rabbitmq, require_redis
 
 pytestmark = pytest.mark.integration
@@ -378,7 +378,10 @@ def test_without_a_cache_service_the_worker_gets_a_clear_transport_error(names, 
     with pytest.raises(TransportError, match="is the cache service running"):
         impatient.fetch(None)
     # a queue but nobody serving it: the wait times out
-    transport.declare(queues=[QueueSpec(cache_rpc_queue(names.run_id))])
+    rpc = cache_rpc_exchange(names.run_id)
+    transport.declare(
+        [ExchangeSpec(rpc)], [QueueSpec(cache_rpc_queue(names.run_id), ((rpc, CACHE_RPC_KEY),))]
+    )
     with pytest.raises(TransportError, match=r"no reply .* within 0.5 s"):
         impatient.fetch(None)
 
@@ -415,6 +418,7 @@ def test_the_run_command_serves_until_sigterm_and_exits_zero(names, worker):
         "SCARLET_BROKER_URL": AMQP_URL,
         "SCARLET_REDIS_URL": REDIS_URL,
         "SCARLET_RUN_ID": names.run_id,
+        "SCARLET_VERIFY_SENDERS": "false",  # the test's worker is guest, as the service
     }
     flags = ["--public-size", str(P), "--public-per-round", "10", "--dataset", "digits"]
     process = subprocess.Popen(

@@ -19,11 +19,12 @@ from services.worker.resync import CacheResync
 from shared.cache_policy import NEVER
 from shared.config import FederationConfig, ServiceSettings
 from shared.data import FederatedData
-from shared.errors import ScarletError
+from shared.errors import AccessRefused, ScarletError
 from shared.metrics import Metrics
 from shared.protocol import routes
 from shared.protocol.codec import DecodeLimits
 from shared.rounds.setup import build_runtime
+from shared.security.roles import Identities, user_from_url
 from shared.state import open_federation_store
 from shared.state.base import ClientStateStore
 from shared.transport import AmqpTransport, Transport
@@ -66,15 +67,20 @@ class Federation:
     errors: list[BaseException] = field(default_factory=list)
     aggregator: RoundCoordinator | None = None
     aggregator_done: threading.Event = field(default_factory=threading.Event)
+    broker_urls: dict[str, str] = field(default_factory=dict)
+    """Role (``aggregator``, ``cache``, ``client-<k>``, ``pool``) -> its broker URL; a role
+    not named connects as guest (``scarlet provision`` makes per-role users)."""
+    senders: Identities | None = None
+    """When set, every service checks who sent what (``verify_senders``)."""
 
     @property
     def dead_letter_queue(self) -> str:
         return f"scarlet.{self.config.run_id}.dead-letter"
 
-    def transport(self) -> Transport:
+    def transport(self, role: str = "") -> Transport:
         run = self.config.run_id
         return AmqpTransport(
-            AMQP,
+            self.broker_urls.get(role, AMQP),
             dead_letter_exchange=f"scarlet.{run}.dlx",
             dead_letter_queue=self.dead_letter_queue,
             heartbeat_s=30,
@@ -97,9 +103,16 @@ class Federation:
 
     def start_cache_service(self) -> None:
         def body() -> None:
-            transport = self.transport()
+            transport = self.transport("cache")
             store = open_federation_store(REDIS, self.config.run_id)
-            service = CacheService(transport, store, self.config.run_id, self.limits())
+            senders = self.senders
+            requesters = None
+            if senders is not None:
+                clients, mode = self.config.clients, self.settings.worker_mode
+                requesters = lambda user: senders.requester_ok(user, clients, mode)  # noqa: E731
+            service = CacheService(
+                transport, store, self.config.run_id, self.limits(), requesters=requesters
+            )
             service.declare()
             try:
                 service.serve_forever(self.stop)
@@ -112,12 +125,18 @@ class Federation:
         ready = threading.Event()
 
         def body() -> None:
-            transport = self.transport()
+            transport = self.transport("aggregator")
             if wrap is not None:
                 transport = wrap(transport)
             store = open_federation_store(REDIS, self.config.run_id)
             service = RoundCoordinator(
-                self.config, self.settings, self.data, transport, store, self.metrics
+                self.config,
+                self.settings,
+                self.data,
+                transport,
+                store,
+                self.metrics,
+                senders=self.senders,
             )
             service.start()
             self.aggregator = service
@@ -139,11 +158,13 @@ class Federation:
         handler_class: type[TaskHandler] = TaskHandler,
     ) -> None:
         def body() -> None:
-            transport = self.transport()
+            role = "pool" if client_id is None else f"client-{client_id}"
+            transport = self.transport(role)
             run = self.config.run_id
             if client_id is None:
                 assert client_store is not None
-                declare_pool_queue(transport, self.config)
+                with contextlib.suppress(AccessRefused):  # provisioned: the aggregator did
+                    declare_pool_queue(transport, self.config)
                 queue = routes.pool_tasks_queue(run)
                 provider: PinnedClient | PoolClients = PoolClients(
                     self.config, self.data, client_store
@@ -151,7 +172,8 @@ class Federation:
             else:
                 queue = routes.client_tasks_queue(run, client_id)
                 provider = PinnedClient(build_runtime(self.config, self.data, client_id))
-            worker_id = uuid.uuid4().hex[:8]
+            user = user_from_url(self.broker_urls.get(role, AMQP))
+            worker_id = f"{user}.{uuid.uuid4().hex[:8]}"  # its reply queue is its user's
             rpc = CacheResync(
                 transport,
                 run,
@@ -159,9 +181,12 @@ class Federation:
                 worker_id,
                 self.limits(),
                 20.0,
+                self.senders,
             )
             rpc.declare()
-            handler = handler_class(provider, transport, self.limits(), rpc, self.metrics)
+            handler = handler_class(
+                provider, transport, self.limits(), rpc, self.metrics, self.senders
+            )
             try:
                 WorkerLoop(handler, transport, queue).run(self.stop)
             finally:
@@ -205,8 +230,14 @@ class Federation:
         for queue in queues:
             with contextlib.suppress(ScarletError):
                 transport.delete_queue(queue)
-        with contextlib.suppress(ScarletError):
-            transport.delete_exchange(routes.rounds_exchange(run))  # type: ignore[attr-defined]
+        for exchange in (
+            routes.rounds_exchange(run),
+            routes.uploads_exchange(run),
+            routes.cache_rpc_exchange(run),
+            routes.replies_exchange(run),
+        ):
+            with contextlib.suppress(ScarletError):
+                transport.delete_exchange(exchange)  # type: ignore[attr-defined]
         with contextlib.suppress(ScarletError):
             transport.delete_exchange(f"scarlet.{run}.dlx")  # type: ignore[attr-defined]
         transport.close()

@@ -113,6 +113,7 @@ class _AckRequeues:
         self.inner = inner
         self.body, self.headers = inner.body, inner.headers
         self.redelivered, self.queue = inner.redelivered, inner.queue
+        self.user_id = inner.user_id
 
     def ack(self) -> None:
         self.inner.reject(requeue=True)

@@ -226,7 +226,7 @@ def test_the_cache_service_counts_requests_by_outcome_and_its_traffic_as_overhea
     from services.cache.service import CacheService
     from shared.protocol.cache_sync import HEADER_REQUEST_ID, CacheSyncRequest, encode_sync_request
     from shared.protocol.codec import DecodeLimits
-    from shared.protocol.routes import cache_rpc_queue, reply_queue
+    from shared.protocol.routes import cache_rpc_queue, replies_exchange, reply_queue
     from shared.state.memory import MemoryFederationStore
     from shared.transport.base import QueueSpec
     from shared.transport.memory import InMemoryTransport
@@ -239,7 +239,9 @@ def test_the_cache_service_counts_requests_by_outcome_and_its_traffic_as_overhea
     )
     service.declare()
     reply = reply_queue(run, "w1")
-    transport.declare(queues=[QueueSpec(reply, dead_letter=True)])
+    transport.declare(
+        queues=[QueueSpec(reply, ((replies_exchange(run), reply),), dead_letter=True)]
+    )
     sent = 0
     for reply_to in (reply, reply, reply_queue(run, "gone")):
         request = CacheSyncRequest(run, 0, uuid.uuid4().hex, None, reply_to)

@@ -1,0 +1,1 @@
+"""Who may do what in a federation: roles, identities, permissions (pure, no I/O)."""

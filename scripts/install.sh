@@ -8,7 +8,8 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
 want_pkgs=()
-for pkg in dataset-fashion-mnist rabbitmq-server redis-server prometheus; do
+# openssl: tests/integration/test_tls.py makes its certificates with it
+for pkg in dataset-fashion-mnist rabbitmq-server redis-server prometheus openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || want_pkgs+=("$pkg")
 done
 if [ ${#want_pkgs[@]} -gt 0 ]; then

@@ -15,7 +15,10 @@ The rendered objects are then checked three ways:
   service's own parser accepts, every ``SCARLET_*`` variable is a configuration key, the
   ConfigMap's TOML loads (with each container's environment and flags, as the service
   would), probes and Prometheus annotations hit the configured metrics port, the KEDA
-  trigger watches ``routes.pool_tasks_queue(run_id)``, pinned workers are one per client.
+  trigger watches ``routes.pool_tasks_queue(run_id)``, pinned workers are one per client;
+* against the trust model (DESIGN §10): every role reads its own Secret only, no pinned
+  worker is given Redis, every scarlet container runs the base's image tag, and the
+  NetworkPolicies, evaluated here, let each role reach only what it needs.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import copy
 import fnmatch
 import functools
 import importlib
+import importlib.util
 import io
 import json
 import os
@@ -42,6 +46,7 @@ import pytest
 
 from shared.config import FederationConfig, ServiceSettings, flag_overrides, load_config
 from shared.protocol import routes
+from shared.security.roles import Identities, Role, redis_rules
 from tests.conftest import running_in_ci
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -431,10 +436,17 @@ def _resolve_port(port: int | str, container: dict[str, Any]) -> int | None:
 
 @functools.cache
 def _example_secrets() -> dict[str, dict[str, str]]:
+    """The example Secrets by name; the one of client 0 stands for every client's."""
     secrets = {}
     for doc in _load_docs(SECRET_EXAMPLE):
         assert doc["kind"] == "Secret"
         secrets[_name(doc)] = {**doc.get("data", {}), **doc.get("stringData", {})}
+    clients = int(tomllib.loads((K8S / "base" / CONFIG_KEY).read_text())["clients"])
+    client0 = secrets["scarlet-client-0"]
+    for k in range(1, clients):
+        secrets[f"scarlet-client-{k}"] = {
+            key: value.replace("client-0", f"client-{k}") for key, value in client0.items()
+        }
     return secrets
 
 
@@ -683,6 +695,7 @@ _API_VERSIONS = {
     "Deployment": "apps/v1",
     "StatefulSet": "apps/v1",
     "PodDisruptionBudget": "policy/v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
 }
 
 
@@ -782,6 +795,20 @@ def _check_core(obj: dict[str, Any], objs: list[dict[str, Any]]) -> list[str]:
             for w in selected:
                 if not any(_resolve_port(target, c) for c in _containers(w)):
                     problems.append(f"{where}: targetPort {target!r} not in {_name(w)}")
+    if kind == "NetworkPolicy":
+        spec = obj["spec"]
+        selected = [w for w in _workloads(objs) if _selects(spec["podSelector"], _pod_labels(w))]
+        if not selected:
+            problems.append(f"{where}: selects no pod template of this render")
+        if spec.get("policyTypes") != ["Ingress"]:
+            problems.append(f"{where}: policyTypes must be stated (Ingress)")
+        for rule in spec.get("ingress", []):
+            if not rule.get("from") or not rule.get("ports"):
+                problems.append(f"{where}: an ingress rule open to every peer or port")
+            for port in rule.get("ports", []):
+                for w in selected:
+                    if not any(_resolve_port(port["port"], c) for c in _containers(w)):
+                        problems.append(f"{where}: port {port['port']!r} not in {_name(w)}")
     if kind == "PodDisruptionBudget":
         spec = obj["spec"]
         if ("minAvailable" in spec) == ("maxUnavailable" in spec):
@@ -1113,41 +1140,220 @@ def test_keda_scales_the_pool_workers_on_the_pool_task_queue(name, tmp_path):
     assert workers.args.pool
     assert "replicas" not in workers.workload["spec"]
     assert 1 <= scaled["spec"]["maxReplicaCount"] <= config.clients
-    # the broker URL comes from the services' own Secret, and is an AMQP URL
+    # the queue length is read from the management API as the monitoring role, which may
+    # neither publish nor consume: never with a user the services run as
     (auth,) = [a for a in _objs(objs, "TriggerAuthentication")
                if _name(a) == trigger["authenticationRef"]["name"]]  # fmt: skip
     (host,) = [r for r in auth["spec"]["secretTargetRef"] if r["parameter"] == "host"]
-    url = _example_secrets()[host["name"]][host["key"]]
-    assert urlsplit(url).scheme == "amqp" and trigger["metadata"].get("protocol") == "amqp"
-    assert url == workers.env["SCARLET_BROKER_URL"]
+    assert host["name"] == "scarlet-monitoring"
+    url = urlsplit(_example_secrets()[host["name"]][host["key"]])
+    assert (url.scheme, url.port, trigger["metadata"].get("protocol")) == ("http", 15672, "http")
+    assert url.username == f"{config.run_id}-monitoring"
+    assert url.username not in {urlsplit(e.env["SCARLET_BROKER_URL"]).username for e in effective}
 
 
-def test_pinned_workers_are_one_statefulset_pod_per_client(tmp_path):
+def test_pinned_workers_are_one_statefulset_of_one_pod_per_client(tmp_path):
     objs = render("pinned")
     effective = _effective(objs, tmp_path)
     config = effective[0].config
     assert not [d for d in _objs(objs, "Deployment") if _name(d) == "scarlet-worker"]
-    (sts,) = _objs(objs, "StatefulSet")
-    assert sts["spec"]["replicas"] == config.clients
-    (container,) = sts["spec"]["template"]["spec"]["containers"]
-    env = _container_env(sts, container, objs)
-    # the wrapper turns the pod ordinal into the client id, for every ordinal
-    for client in range(config.clients):
-        argv = _argv(container, {**env, "HOSTNAME": f"{_name(sts)}-{client}"}, tmp_path)
-        module, args = _parse_service(argv)
-        assert (module, args.command, args.client, args.pool) == (
-            "services.worker", "run", client, False)  # fmt: skip
+    workers = sorted(
+        (e for e in effective if e.module == "services.worker"), key=lambda e: e.args.client
+    )
+    assert [e.args.client for e in workers] == list(range(config.clients))
+    for e in workers:
+        sts = e.workload
+        assert (sts["kind"], sts["spec"]["replicas"]) == ("StatefulSet", 1)
+        assert (e.args.command, e.args.pool, e.settings.worker_mode) == ("run", False, "pinned")
         # the client's state survives restarts on the pod's own volume
-        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        mounts = {m["mountPath"]: m["name"] for m in e.container["volumeMounts"]}
         templates = {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
-        assert mounts.get(args.state_dir) in templates
-    # and refuses a pod name without one
-    for hostname in ("scarlet-worker", "scarlet-worker-x"):
-        with pytest.raises(WrapperFailed, match="no client id"):
-            _argv(container, {**env, "HOSTNAME": hostname}, tmp_path)
-    # the pod name is stated, not left to the runtime
-    (hostname_var,) = [v for v in container["env"] if v["name"] == "HOSTNAME"]
-    assert hostname_var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        assert mounts.get(e.args.state_dir) in templates
+    # the cache service answers the clients' users, not the pool's
+    (cache,) = [e for e in effective if e.module == "services.cache"]
+    assert cache.settings.worker_mode == "pinned"
+
+
+def test_the_pinned_client_statefulsets_are_generated_from_the_template():
+    # clients.yaml is what clients.py makes of client.template.yaml and base/config.toml
+    spec = importlib.util.spec_from_file_location("clients", K8S / "overlays/pinned/clients.py")
+    assert spec is not None and spec.loader is not None
+    clients = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(clients)
+    assert (K8S / "overlays/pinned/clients.yaml").read_text() == clients.expected(), (
+        "run python deploy/kubernetes/overlays/pinned/clients.py"
+    )
+
+
+def _client_of_secret(name: str) -> int | None:
+    match = re.fullmatch(r"scarlet-client-(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def test_no_pinned_worker_is_given_redis_or_another_roles_secret(tmp_path):
+    objs = render("pinned")
+    workers = [e for e in _effective(objs, tmp_path) if e.module == "services.worker"]
+    assert workers
+    # the ConfigMap every pod mounts names no Redis at all
+    service = tomllib.loads(_config_text(objs))["service"]
+    assert not {"redis_url", "state_url"} & set(service)
+    assert not [v for v in service.values() if "redis" in str(v)]
+    for e in workers:
+        refs = _secret_refs([e.workload])
+        # only its own client's broker user
+        assert refs == [(f"scarlet-client-{e.args.client}", "broker-url")], refs
+        names = {v["name"] for v in e.container.get("env", [])}
+        assert not names & {"SCARLET_REDIS_URL", "SCARLET_STATE_URL"}
+        assert not [v for v in (_pod_spec(e.workload) or {}).get("volumes", [])
+                    if "secret" in v or "projected" in v]  # fmt: skip
+        assert "store-access" not in " ".join(_pod_labels(e.workload))
+        # and what it is given holds no Redis URL, whatever the keys are called
+        assert not [v for v in e.env.values() if v.startswith(("redis://", "rediss://"))]
+        assert e.settings.broker_url.startswith("amqp://fashion-k8s-client-")
+        assert urlsplit(e.settings.broker_url).username == (
+            e.settings.client_user_prefix + str(e.args.client))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SCARLET_RENDERS)
+def test_every_role_reads_its_own_secret_only(name, tmp_path):
+    objs = render(name)
+    own = {"services.aggregator": "scarlet-aggregator", "services.cache": "scarlet-cache"}
+    for e in _effective(objs, tmp_path):
+        refs = {secret for secret, _ in _secret_refs([e.workload])}
+        if e.module == "services.worker":
+            want = "scarlet-pool" if e.args.pool else f"scarlet-client-{e.args.client}"
+        else:
+            want = own[e.module]
+        assert refs == {want}, (_name(e.workload), refs)
+        # the broker user is the role's identity that the receivers check
+        user = urlsplit(e.settings.broker_url).username
+        identities = {
+            "scarlet-aggregator": e.settings.aggregator_user,
+            "scarlet-cache": e.settings.cache_user,
+            "scarlet-pool": e.settings.pool_user,
+        }
+        client = getattr(e.args, "client", None)  # workers only
+        expected = identities.get(want, f"{e.settings.client_user_prefix}{client}")
+        assert user == expected and e.settings.verify_senders
+
+
+def _image_problems(objs: list[dict[str, Any]], want: str) -> list[str]:
+    return [f"{_name(w)}/{c['name']}: {c.get('image')}"
+            for w, c in _scarlet_containers(objs) if c.get("image") != want]  # fmt: skip
+
+
+def _base_image() -> str:
+    spec = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    (image,) = [i for i in spec["images"] if i["name"] == "scarlet-fd"]
+    return f"{image.get('newName', 'scarlet-fd')}:{image['newTag']}"
+
+
+@pytest.mark.parametrize("name", SCARLET_RENDERS)
+def test_every_scarlet_container_runs_the_image_tag_of_the_base(name):
+    # an overlay's own resources escape the base's images entry (the pinned workers once
+    # ran the untagged image while the rest ran the tagged one)
+    assert _image_problems(render(name), _base_image()) == []
+
+
+def test_the_image_check_catches_a_mismatch():
+    objs = copy.deepcopy(render("pinned"))
+    (w, c), *_ = [(w, c) for w, c in _scarlet_containers(objs) if w["kind"] == "StatefulSet"]
+    c["image"] = "scarlet-fd"
+    assert _image_problems(objs, _base_image()) == [f"{_name(w)}/{c['name']}: scarlet-fd"]
+
+
+# -------------------------------------------------------------------------- NetworkPolicy
+
+PROMETHEUS = ("monitoring", {"app.kubernetes.io/name": "prometheus"})
+KEDA = ("keda", {"app": "keda-operator"})
+STRANGER = (NAMESPACE, {"app": "debug-shell"})
+
+
+def _peer_matches(peer: dict[str, Any], policy_ns: str, ns: str, labels: dict[str, str]) -> bool:
+    if "ipBlock" in peer:
+        return False  # pods are not addressed by IP blocks here
+    if "namespaceSelector" in peer:
+        ns_labels = {"kubernetes.io/metadata.name": ns}
+        if peer["namespaceSelector"] and not _selects(peer["namespaceSelector"], ns_labels):
+            return False
+    elif ns != policy_ns:
+        return False
+    pods = peer.get("podSelector")
+    return pods is None or pods == {} or _selects(pods, labels)
+
+
+def _may_connect(
+    objs: list[dict[str, Any]],
+    source: tuple[str, dict[str, str]],
+    target: dict[str, Any],
+    port: int,
+) -> bool:
+    """Does the NetworkPolicy of ``objs`` let ``source`` (namespace, pod labels) reach
+    ``target`` (a workload) on ``port``? A pod no policy selects accepts anything."""
+    labels = _pod_labels(target)
+    ns, src_labels = source
+    policies = [
+        p
+        for p in _objs(objs, "NetworkPolicy")
+        if "Ingress" in p["spec"]["policyTypes"]
+        and (p["spec"]["podSelector"] == {} or _selects(p["spec"]["podSelector"], labels))
+    ]
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            peers = rule.get("from")
+            if peers and not any(
+                _peer_matches(p, policy["metadata"]["namespace"], ns, src_labels) for p in peers
+            ):
+                continue
+            ports = rule.get("ports")
+            if not ports or any(
+                _resolve_port(p["port"], c) == port for p in ports for c in _containers(target)
+            ):
+                return True
+    return False
+
+
+def _workload(objs: list[dict[str, Any]], app: str) -> dict[str, Any]:
+    (w,) = [w for w in _workloads(objs) if _pod_labels(w).get("app.kubernetes.io/name") == app]
+    return w
+
+
+@pytest.mark.parametrize("name", ["base", "pool-keda", "pinned"])
+def test_network_policies_let_each_role_reach_only_what_it_needs(name, tmp_path):
+    objs = render(name) + render("backing")
+    redis, rabbitmq = _workload(objs, "redis"), _workload(objs, "rabbitmq")
+    scarlet = {id(e.workload): e for e in _effective(render(name), tmp_path)}
+    metrics = 9400
+    for e in scarlet.values():
+        pod = (NAMESPACE, _pod_labels(e.workload))
+        # Redis: the aggregator, the cache service and pool workers; never a pinned one
+        holds_redis = e.module != "services.worker" or e.args.pool
+        assert _may_connect(objs, pod, redis, 6379) == holds_redis, _name(e.workload)
+        # RabbitMQ: every scarlet pod, AMQP only
+        assert _may_connect(objs, pod, rabbitmq, 5672)
+        assert not _may_connect(objs, pod, rabbitmq, 15672)
+        # metrics: Prometheus only, and only the metrics port
+        assert _may_connect(objs, PROMETHEUS, e.workload, metrics)
+        assert not _may_connect(objs, pod, e.workload, metrics)
+        assert not _may_connect(objs, STRANGER, e.workload, metrics)
+    for stranger in (STRANGER, PROMETHEUS, KEDA):
+        assert not _may_connect(objs, stranger, redis, 6379)
+        assert not _may_connect(objs, stranger, rabbitmq, 5672)
+    assert _may_connect(objs, KEDA, rabbitmq, 15672)
+    assert _may_connect(objs, PROMETHEUS, rabbitmq, 15692)
+
+
+def test_the_network_policy_check_sees_an_open_redis():
+    # a policy that lets every pod of the namespace in must fail the test above
+    objs = copy.deepcopy(render("pinned") + render("backing"))
+    redis = _workload(objs, "redis")
+    (policy,) = [p for p in _objs(objs, "NetworkPolicy") if "redis" in _name(p)]
+    policy["spec"]["ingress"][0]["from"] = [{"podSelector": {}}]
+    pinned = next(w for w in _workloads(objs) if w["kind"] == "StatefulSet"
+                  and _pod_labels(w).get("app.kubernetes.io/name") == "scarlet-fd")  # fmt: skip
+    assert _may_connect(objs, (NAMESPACE, _pod_labels(pinned)), redis, 6379)
 
 
 def test_the_aggregator_of_the_pool_overlay_routes_to_the_pool(tmp_path):
@@ -1219,32 +1425,54 @@ def test_the_example_secret_is_consistent_and_never_applied():
         for key, value in values.items():
             if "url" in key or "password" in key:
                 assert "CHANGE-ME" in value, f"{secret}/{key} must be a placeholder"
-    # the URLs are valid settings
-    for url in (secrets["scarlet-broker"]["url"], secrets["scarlet-redis"]["url"]):
-        load_config(ServiceSettings, env={}, overrides={"broker_url": url, "redis_url": url})
-    broker = urlsplit(secrets["scarlet-broker"]["url"])
-    assert (broker.username, unquote(broker.password or "")) == (
-        secrets["scarlet-broker"]["username"], secrets["scarlet-broker"]["password"])  # fmt: skip
-    # Redis ACL: the store's user reaches the federation's keys, the workers' user only
-    # the client states (key names of shared/state/redis.py)
-    users = {}
+    # one user per role, named as `scarlet provision` names them (Identities.for_run)
+    config = tomllib.loads((K8S / "base" / CONFIG_KEY).read_text())
+    ids = Identities.for_run(config["run_id"])
+    roles = {"scarlet-aggregator": ids.aggregator, "scarlet-cache": ids.cache,
+             "scarlet-pool": ids.pool, "scarlet-monitoring": ids.monitoring}  # fmt: skip
+    roles |= {f"scarlet-client-{k}": ids.client(k) for k in range(config["clients"])}
+    users: dict[str, set[str]] = {}
+    for secret, user in roles.items():
+        for key, url in secrets[secret].items():
+            parts = urlsplit(url)
+            assert parts.username == user, (secret, key)
+            users.setdefault(parts.username, set()).add(unquote(parts.password or ""))
+            if key != "management-url":
+                option = {"broker-url": "broker_url", "redis-url": "redis_url",
+                          "state-url": "state_url"}[key]  # fmt: skip
+                load_config(ServiceSettings, env={}, overrides={option: url})
+    assert all(len(pw) == 1 for pw in users.values()), "one password per user"
+    assert len({pw for pws in users.values() for pw in pws}) == len(users), "shared password"
+    # Redis ACL: the aggregator and the cache reach the federation's keys, the pool only
+    # the client states (key names of shared/state/redis.py), without key enumeration
+    acl: dict[str, list[str]] = {}
     for line in secrets["scarlet-redis"]["users.acl"].splitlines():
         words = line.split()
         if words and words[0] == "user":
-            users[words[1]] = words[2:]
-    assert "off" in users["default"]
+            acl[words[1]] = words[2:]
+    assert "off" in acl["default"]
+    run = config["run_id"]
+    for role in (Role.AGGREGATOR, Role.CACHE, Role.POOL):
+        rules = redis_rules(role, run, "pool")
+        assert rules is not None
+        user = ids.user(role)
+        assert acl[user] == [rules[0], f">{next(iter(users[user]))}", *rules[1:]], user
 
     def can_reach(url: str, key: str) -> bool:
         parts = urlsplit(url)
-        rules = users[parts.username or "default"]
+        rules = acl[parts.username or "default"]
         assert "on" in rules and f">{unquote(parts.password or '')}" in rules, url
         patterns = [r[1:] for r in rules if r.startswith("~")]
         return any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
-    store, state = secrets["scarlet-redis"]["url"], secrets["scarlet-state"]["url"]
-    for key in ("scarlet:r:cache:meta", "scarlet:r:aggregator", "scarlet:r:round:3:uploads"):
+    store, state = secrets["scarlet-aggregator"]["redis-url"], secrets["scarlet-pool"]["state-url"]
+    for key in (f"scarlet:{run}:cache:meta", f"scarlet:{run}:aggregator",
+                f"scarlet:{run}:round:3:uploads"):  # fmt: skip
         assert can_reach(store, key) and not can_reach(state, key), key
-    assert can_reach(state, "scarlet:r:client:7")
+    assert can_reach(state, f"scarlet:{run}:client:7")
+    assert "-scan" in acl[ids.pool] and "-keys" in acl[ids.pool]
+    # nobody but the aggregator, the cache service and the pool has a Redis user
+    assert set(acl) == {"default", ids.aggregator, ids.cache, ids.pool}
 
 
 def test_the_broker_accepts_the_largest_message_the_services_send(tmp_path):

@@ -7,7 +7,6 @@ process cleanly at the end, on Ctrl-C, or when one of them keeps failing: a chil
 crashes (non-zero exit, kill -9) is started again, up to ``max_restarts`` times each
 (:meth:`Launcher.supervise`), and resumes from the store or its state dir.
 
-
 Metrics: with ``metrics_port`` N set (``scarlet up --metrics-port N``), N is a base port:
 the cache service serves ``/metrics`` on N, the aggregator on N+1 and the workers on N+2,
 N+3, ... (one port per process; the shared configuration file says 0 and each child gets
@@ -35,6 +34,7 @@ from typing import IO
 
 from tqdm import tqdm
 
+from scarlet.provision import delete_users, provision
 from shared.config import FederationConfig, ServiceSettings, dump_toml
 from shared.errors import ConfigError, ScarletError, TransportError
 from shared.protocol import routes
@@ -64,11 +64,6 @@ class Launcher:
 
     Args:
         config: the federation.
-        provision: give every service its own broker user (``scarlet provision``): each
-            child gets only its role's file from ``<run_dir>/secrets/`` (mode 0600), the
-            workers never hold the admin user, and the users are deleted when the run
-            stops. False (``scarlet up --no-provision``): every child shares the admin
-            URLs of ``settings`` and sender checks are off (``verify_senders = false``).
         settings: broker, store and service settings (``worker_mode`` picks the mode).
         workers: pool-mode worker count (pinned mode runs one worker per client).
         run_dir: where the children's logs and configuration go.
@@ -86,8 +81,6 @@ class Launcher:
     Pinned workers keep their client's state in ``<run_dir>/state/<worker>/`` (written
     atomically after each task), so a restarted worker continues where it stopped.
 
-    provision: bool = False
-    role_configs: dict[str, Path] = field(default_factory=dict)
     ``settings.metrics_port`` is the base of the children's metrics ports (0: no metrics);
     see :meth:`metrics_ports`.
     """
@@ -100,6 +93,8 @@ class Launcher:
     children: list[_Child] = field(default_factory=list)
     targets_path: Path | None = None
     max_restarts: int = 3
+    provision: bool = False
+    role_configs: dict[str, Path] = field(default_factory=dict)
 
     def run(self, out: Path, progress: bool = True) -> int:
         """Run the federation to its end; returns an exit status (0 on success)."""
@@ -180,11 +175,14 @@ class Launcher:
 
     def start_all(self, config_path: Path) -> None:
         """Start the cache service, the aggregator and the workers."""
-        base = ["--config", str(config_path)]
-        self.start("cache", ["services.cache", "run", *base])
-        self.start("aggregator", ["services.aggregator", "run", *base])
+
+        def base(name: str) -> list[str]:
+            return ["--config", str(self.config_for(name, config_path))]
+
+        self.start("cache", ["services.cache", "run", *base("cache")])
+        self.start("aggregator", ["services.aggregator", "run", *base("aggregator")])
         for k, name in enumerate(self.worker_names()):
-            self.start(name, ["services.worker", "run", *self.worker_flags(k), *base])
+            self.start(name, ["services.worker", "run", *self.worker_flags(k), *base(name)])
 
     @property
     def state_dir(self) -> Path:
@@ -307,9 +305,27 @@ class Launcher:
             self.settings = self.settings.model_copy(update={"state_url": state})
         path = self.run_dir / "config.toml"
         shared = self.settings.model_copy(update={"metrics_port": 0})
+        if self.provision:
+            # no shared file: it would hold the admin URLs; one file per role instead
+            made = provision(self.config, shared, self.run_dir / "secrets")
+            self.role_configs = made.files
+            self.write_targets()
+            return self.role_configs["aggregator"]
+        # every child is the same (admin) user: a sender check could not tell them apart
+        shared = shared.model_copy(update={"verify_senders": False})
         path.write_text(dump_toml(self.config, shared))
         self.write_targets()
         return path
+
+    def config_for(self, name: str, default: Path) -> Path:
+        """The configuration file of child ``name`` (its role's when provisioned)."""
+        if not self.role_configs:
+            return default
+        if name.startswith("worker-"):
+            if self.settings.worker_mode == "pool":
+                return self.role_configs["pool"]
+            return self.role_configs[f"client-{name.removeprefix('worker-')}"]
+        return self.role_configs[name]
 
     def supervise(self) -> _Child | None:
         """Start again every child that crashed; the child that may not be, if any.

@@ -69,7 +69,13 @@ def _run(config: FederationConfig, settings: ServiceSettings, out: Path | None) 
             settings.redis_url, config.run_id, retry_s=settings.store_retry_s
         )
         coordinator = RoundCoordinator(
-            config, settings, data, serving.transport, store, serving.metrics
+            config,
+            settings,
+            data,
+            serving.transport,
+            store,
+            serving.metrics,
+            senders=sender_identities(settings),
         )
         coordinator.start()
 

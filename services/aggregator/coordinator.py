@@ -45,6 +45,7 @@ from shared.protocol.codec import DecodeLimits, encode_task
 from shared.results import RoundRecord
 from shared.rounds.aggregator import AggregatorCore, RoundResult
 from shared.rounds.server_model import ServerModel
+from shared.security.roles import Identities
 from shared.state.base import FederationStore
 from shared.transport.base import Transport
 from shared.transport.topology import declare_topology

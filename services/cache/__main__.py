@@ -85,7 +85,17 @@ def _serve(args: argparse.Namespace, config: FederationConfig, settings: Service
         close_store = getattr(store, "close", None)
         if callable(close_store):
             serving.cleanup.callback(close_store)
-        service = CacheService(serving.transport, store, config.run_id, limits, serving.metrics)
+        ids = sender_identities(settings)
+        requesters = (
+            None
+            if ids is None
+            else functools.partial(
+                ids.requester_ok, clients=config.clients, worker_mode=settings.worker_mode
+            )
+        )
+        service = CacheService(
+            serving.transport, store, config.run_id, limits, serving.metrics, requesters
+        )
         service.declare()
         service.serve_forever(serving.stop)
 

@@ -34,6 +34,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -102,6 +103,7 @@ class CacheService:
         run_id: str,
         limits: DecodeLimits,
         metrics: Metrics | None = None,
+        requesters: Callable[[str | None], bool] | None = None,
     ) -> None:
         self.metrics = metrics or Metrics.create()
         self._requesters = requesters
@@ -342,6 +344,6 @@ class CacheService:
             f"store error: the reply of {len(body)} bytes is over the message size limit",
         )
         body = encode_sync_response(response)
-        self._transport.publish("", request.reply_to, body, headers)
+        self._transport.publish(self._replies, request.reply_to, body, headers)
         self._count_bytes("down", len(body))
         return response, outcome

@@ -27,7 +27,7 @@ from shared.errors import CacheDesync, ProtocolError
 from shared.metrics import Metrics
 from shared.protocol.codec import DecodeLimits, decode_task, encode_upload
 from shared.protocol.messages import SoftLabelUpload, TrainTask
-from shared.protocol.routes import uploads_queue
+from shared.protocol.routes import UPLOAD_KEY, uploads_exchange
 from shared.rounds.client import ClientRuntime
 from shared.security.roles import Identities
 from shared.transport.base import Delivery, Transport

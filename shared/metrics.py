@@ -46,7 +46,7 @@ LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "scarlet_bytes_overhead": {"reason": ("cache", "compression", "cache_sync")},
     "scarlet_soft_labels": {"direction": DIRECTIONS},
     "scarlet_cache_signals": {"signal": ("cached", "newly_cached", "expired")},
-    "scarlet_cache_resyncs": {"kind": ("snapshot",)},
+    "scarlet_cache_resyncs": {"kind": ("snapshot", "refused")},
     "scarlet_cache_sync_requests": {
         "outcome": ("answered", "invalid", "store_unavailable", "store_error", "unroutable")
     },

@@ -59,13 +59,13 @@ from shared.protocol.cache_sync import (
 )
 from shared.protocol.codec import DecodeLimits
 from shared.protocol.routes import (
-    CACHE_RPC_KEY,
     cache_rpc_exchange,
     cache_rpc_queue,
     replies_exchange,
 )
 from shared.state.base import CacheSnapshot, FederationStore
-from shared.transport.base import Delivery, ExchangeSpec, QueueSpec, Transport
+from shared.transport.base import Delivery, ExchangeSpec, Transport
+from shared.transport.topology import cache_rpc_queue_spec
 
 __all__ = ["POLL_S", "CacheService"]
 
@@ -132,7 +132,7 @@ class CacheService:
         rpc, replies = cache_rpc_exchange(self._run_id), replies_exchange(self._run_id)
         self._transport.declare(
             [ExchangeSpec(rpc), ExchangeSpec(replies)],
-            [QueueSpec(self._queue, ((rpc, CACHE_RPC_KEY),), dead_letter=True)],
+            [cache_rpc_queue_spec(self._run_id)],
         )
 
     def serve_once(self, timeout_s: float) -> bool:

@@ -23,7 +23,13 @@ from torch import Tensor
 
 from services.worker.admission import Fit, judge_task
 from shared.cache_policy import ClientCache
-from shared.errors import CacheDesync, ProtocolError
+from shared.errors import (
+    CacheDesync,
+    ProtocolError,
+    TransportClosed,
+    TransportError,
+    TransportUnavailable,
+)
 from shared.metrics import Metrics
 from shared.protocol.codec import DecodeLimits, decode_task, encode_upload
 from shared.protocol.messages import SoftLabelUpload, TrainTask
@@ -218,7 +224,14 @@ class TaskHandler:
         # cache, then apply the task's catch-up and signals on top of it
         self.metrics.cache_resyncs_total.labels(kind="snapshot").inc()
         if runtime.cache is not None:
-            version = self.resync.resync(runtime.cache, None)
+            try:
+                version = self.resync.resync(runtime.cache, None)
+            except (TransportUnavailable, TransportClosed):
+                raise
+            except TransportError as e:
+                # e.g. the cache-RPC queue is at its bound: the task goes back and retries
+                self.metrics.cache_resyncs_total.labels(kind="refused").inc()
+                raise CacheDesync(f"resync refused: {e}") from e
             logger.info(
                 "sync: round=%s client=%s replica reinstalled at cache version %s",
                 task.round,

@@ -48,7 +48,7 @@ NOTHING = "^$"
 """A permission regex that matches no resource name."""
 
 DEFAULT_DEAD_LETTER_EXCHANGE = "scarlet.dlx"
-DEFAULT_DEAD_LETTER_QUEUE = "scarlet.dead-letter"
+DEFAULT_DEAD_LETTER_QUEUE = "scarlet.dead-letters"
 
 
 class Role(enum.StrEnum):

@@ -76,6 +76,7 @@ from shared.transport.base import (
     ExchangeSpec,
     QueueSpec,
     check_message,
+    dead_letter_queue_spec,
 )
 
 __all__ = ["AmqpDelivery", "AmqpTransport", "redact_url"]
@@ -473,6 +474,11 @@ class AmqpTransport:
                 arguments["x-dead-letter-exchange"] = self._dlx
             if spec.expires_s is not None:
                 arguments["x-expires"] = max(1, int(spec.expires_s * 1000))
+            if spec.max_length is not None:
+                arguments["x-max-length"] = spec.max_length
+                arguments["x-overflow"] = "reject-publish" if spec.reject_overflow else "drop-head"
+            if spec.message_ttl_s is not None:
+                arguments["x-message-ttl"] = max(1, int(spec.message_ttl_s * 1000))
             channel.queue_declare(queue=spec.name, durable=True, arguments=arguments or None)
             for exchange, routing_key in spec.bindings:
                 channel.queue_bind(queue=spec.name, exchange=exchange, routing_key=routing_key)
@@ -694,7 +700,7 @@ class AmqpTransport:
         try:
             self._declare(
                 [ExchangeSpec(self._dlx, "fanout")],
-                [QueueSpec(self._dlq, ((self._dlx, ""),), dead_letter=False)],
+                [dead_letter_queue_spec(self._dlq, self._dlx)],
             )
         except pika.exceptions.ChannelClosedByBroker as e:
             if e.reply_code != _ACCESS_REFUSED:

@@ -37,7 +37,9 @@ from shared.errors import MessageTooLarge
 
 __all__ = [
     "DEAD_LETTER_EXCHANGE",
+    "DEAD_LETTER_MAX_LENGTH",
     "DEAD_LETTER_QUEUE",
+    "DEAD_LETTER_TTL_S",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "EXCHANGE_KINDS",
     "HEADER_ORIGINAL_QUEUE",
@@ -47,13 +49,24 @@ __all__ = [
     "QueueSpec",
     "Transport",
     "check_message",
+    "dead_letter_queue_spec",
 ]
 
 DEAD_LETTER_EXCHANGE = "scarlet.dlx"
 """Default name of the exchange rejected messages are routed through."""
 
-DEAD_LETTER_QUEUE = "scarlet.dead-letter"
-"""Default name of the queue that collects rejected messages."""
+DEAD_LETTER_QUEUE = "scarlet.dead-letters"
+"""Default name of the queue that collects rejected messages (bounded, see below).
+
+Named ``scarlet.dead-letters`` since it is bounded: the earlier unbounded
+``scarlet.dead-letter`` cannot be redeclared with limits (RabbitMQ refuses other
+arguments for an existing queue); an operator deletes it once it is drained."""
+
+DEAD_LETTER_MAX_LENGTH = 100_000
+"""Dead letters kept at most; past it the oldest are dropped (a flood cannot fill the broker)."""
+
+DEAD_LETTER_TTL_S = 7 * 24 * 3600.0
+"""Dead letters older than a week are dropped."""
 
 HEADER_ORIGINAL_QUEUE = "x-original-queue"
 """Dead-letter header: the queue the message was rejected from."""
@@ -96,9 +109,16 @@ class QueueSpec:
             its original position.
         dead_letter: rejected (``requeue=False``) messages go to the dead-letter queue;
             when False they are dropped.
-        expires_s: delete the queue after this long without consumers (AMQP
+        expires_s: delete the queue after this long unused: no consumer, no get (AMQP
             ``x-expires``; ignored in memory). For per-process queues, such as a worker's
-            reply queue, that a killed process cannot delete itself.
+            reply queue, that a killed process cannot delete itself, and per-run queues
+            that outlive their run.
+        max_length: keep at most this many ready messages (AMQP ``x-max-length``).
+        reject_overflow: past ``max_length`` refuse the publish (the publisher gets a
+            :class:`~shared.errors.TransportError`; AMQP ``x-overflow=reject-publish``)
+            instead of dropping the oldest message (``drop-head``).
+        message_ttl_s: drop messages ready for longer than this (AMQP ``x-message-ttl``;
+            classic queues only).
     """
 
     name: str
@@ -106,6 +126,20 @@ class QueueSpec:
     quorum: bool = False
     dead_letter: bool = True
     expires_s: float | None = None
+    max_length: int | None = None
+    reject_overflow: bool = False
+    message_ttl_s: float | None = None
+
+
+def dead_letter_queue_spec(queue: str, exchange: str) -> QueueSpec:
+    """The bounded dead-letter queue every transport declares beside its exchange."""
+    return QueueSpec(
+        queue,
+        ((exchange, ""),),
+        dead_letter=False,
+        max_length=DEAD_LETTER_MAX_LENGTH,
+        message_ttl_s=DEAD_LETTER_TTL_S,
+    )
 
 
 class Delivery(Protocol):

@@ -36,6 +36,7 @@ from shared.transport.base import (
     ExchangeSpec,
     QueueSpec,
     check_message,
+    dead_letter_queue_spec,
 )
 
 __all__ = ["DEFAULT_USER", "InMemoryDelivery", "InMemoryTransport"]
@@ -53,6 +54,7 @@ class _Message:
     seq: int  # broker-wide publish order; a requeued message goes back to its slot
     redelivered: bool = False
     user_id: str | None = None
+    enqueued: float = 0.0  # monotonic seconds, for the queue's message TTL
 
 
 @dataclass(slots=True)
@@ -60,6 +62,23 @@ class _Queue:
     spec: QueueSpec
     ready: deque[_Message] = field(default_factory=deque)
     bindings: set[tuple[str, str]] = field(default_factory=set)
+
+    def drop_expired(self, now: float) -> None:
+        """Drop ready messages older than the queue's message TTL."""
+        ttl = self.spec.message_ttl_s
+        while ttl is not None and self.ready and now - self.ready[0].enqueued >= ttl:
+            self.ready.popleft()
+
+
+def _arguments(spec: QueueSpec) -> tuple[object, ...]:
+    # what the broker compares on a redeclaration (406 PRECONDITION_FAILED if it differs)
+    return (
+        spec.quorum,
+        spec.dead_letter,
+        spec.max_length,
+        spec.reject_overflow,
+        spec.message_ttl_s,
+    )
 
 
 class _Broker:
@@ -74,7 +93,7 @@ class _Broker:
         self.dead_letter_queue = dead_letter_queue
         self.declare(
             [ExchangeSpec(dead_letter_exchange, "fanout")],
-            [QueueSpec(dead_letter_queue, ((dead_letter_exchange, ""),), dead_letter=False)],
+            [dead_letter_queue_spec(dead_letter_queue, dead_letter_exchange)],
         )
 
     # Every method below runs with ``cond`` held by the caller (or in __init__).
@@ -97,7 +116,7 @@ class _Broker:
         queue = self.queues.get(spec.name)
         if queue is None:
             queue = self.queues[spec.name] = _Queue(spec)
-        elif (queue.spec.quorum, queue.spec.dead_letter) != (spec.quorum, spec.dead_letter):
+        elif _arguments(queue.spec) != _arguments(spec):
             # the broker refuses a redeclaration with other arguments (406 PRECONDITION_FAILED)
             raise TransportError(f"queue {spec.name!r} exists with different settings")
         for exchange, key in spec.bindings:
@@ -132,8 +151,23 @@ class _Broker:
             raise TransportError(
                 f"unroutable message: exchange={exchange!r} routing_key={routing_key!r}"
             )
+        now = time.monotonic()
         for queue in targets:
-            queue.ready.append(_Message(body, dict(headers), self.next_seq, user_id=user_id))
+            queue.drop_expired(now)
+            limit = queue.spec.max_length
+            if limit is not None and len(queue.ready) >= limit and queue.spec.reject_overflow:
+                # the broker nacks the publish (x-overflow=reject-publish)
+                raise TransportError(
+                    f"broker refused the message: queue {queue.spec.name!r} is full"
+                )
+        for queue in targets:
+            limit = queue.spec.max_length
+            while limit is not None and queue.ready and len(queue.ready) >= limit:
+                queue.ready.popleft()  # drop-head: the oldest goes
+            if limit != 0:
+                message = _Message(body, dict(headers), self.next_seq, user_id=user_id)
+                message.enqueued = now
+                queue.ready.append(message)
         self.next_seq += 1
         self.cond.notify_all()
 
@@ -337,6 +371,7 @@ class InMemoryTransport:
                 state = broker.queues.get(queue)
                 if state is None:
                     raise TransportError(f"no queue {queue!r} (declare it first)")
+                state.drop_expired(time.monotonic())
                 if state.ready and self._has_prefetch_slot(queue):
                     delivery = InMemoryDelivery(self, state, state.ready.popleft())
                     self._unsettled[id(delivery)] = delivery

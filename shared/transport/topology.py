@@ -11,7 +11,35 @@ from shared.config import FederationConfig
 from shared.protocol import routes
 from shared.transport.base import ExchangeSpec, QueueSpec, Transport
 
-__all__ = ["declare_client_queue", "declare_pool_queue", "declare_topology"]
+__all__ = [
+    "CACHE_RPC_MAX_LENGTH",
+    "RUN_QUEUE_EXPIRES_S",
+    "cache_rpc_queue_spec",
+    "declare_client_queue",
+    "declare_pool_queue",
+    "declare_topology",
+]
+
+RUN_QUEUE_EXPIRES_S = 7 * 24 * 3600.0
+"""A run's queues go away a week after their last use (no consumer, no get): a finished
+or abandoned run leaves nothing behind for long; ``scarlet down RUN_ID`` removes them at
+once. Every process declares them with the same arguments, or RabbitMQ refuses them."""
+
+CACHE_RPC_MAX_LENGTH = 1_000
+"""Cache-sync requests waiting at most; more are refused at publish (the worker counts
+``scarlet_cache_resyncs_total{kind="refused"}`` and retries with the task), so a flood
+cannot grow the queue without bound."""
+
+
+def cache_rpc_queue_spec(run: str) -> QueueSpec:
+    """The bounded cache-RPC queue, as the cache service declares it."""
+    return QueueSpec(
+        routes.cache_rpc_queue(run),
+        ((routes.cache_rpc_exchange(run), routes.CACHE_RPC_KEY),),
+        expires_s=RUN_QUEUE_EXPIRES_S,
+        max_length=CACHE_RPC_MAX_LENGTH,
+        reject_overflow=True,
+    )
 
 
 def declare_topology(transport: Transport, config: FederationConfig, worker_mode: str) -> None:
@@ -30,7 +58,14 @@ def declare_topology(transport: Transport, config: FederationConfig, worker_mode
             ExchangeSpec(routes.cache_rpc_exchange(run)),
             ExchangeSpec(routes.replies_exchange(run)),
         ],
-        [QueueSpec(routes.uploads_queue(run), ((uploads, routes.UPLOAD_KEY),), quorum=True)],
+        [
+            QueueSpec(
+                routes.uploads_queue(run),
+                ((uploads, routes.UPLOAD_KEY),),
+                quorum=True,
+                expires_s=RUN_QUEUE_EXPIRES_S,
+            )
+        ],
     )
     if worker_mode == "pool":
         declare_pool_queue(transport, config)
@@ -40,6 +75,7 @@ def declare_topology(transport: Transport, config: FederationConfig, worker_mode
             QueueSpec(
                 routes.client_tasks_queue(run, k),
                 bindings=((exchange, routes.client_routing_key(k)),),
+                expires_s=RUN_QUEUE_EXPIRES_S,
             )
             for k in range(config.clients)
         ]
@@ -52,7 +88,8 @@ def declare_pool_queue(transport: Transport, config: FederationConfig) -> None:
     exchange = routes.rounds_exchange(run)
     keys = tuple((exchange, routes.client_routing_key(k)) for k in range(config.clients))
     transport.declare(
-        [ExchangeSpec(exchange)], [QueueSpec(routes.pool_tasks_queue(run), bindings=keys)]
+        [ExchangeSpec(exchange)],
+        [QueueSpec(routes.pool_tasks_queue(run), bindings=keys, expires_s=RUN_QUEUE_EXPIRES_S)],
     )
 
 
@@ -62,5 +99,10 @@ def declare_client_queue(transport: Transport, config: FederationConfig, client_
     exchange = routes.rounds_exchange(run)
     binding = ((exchange, routes.client_routing_key(client_id)),)
     transport.declare(
-        [ExchangeSpec(exchange)], [QueueSpec(routes.client_tasks_queue(run, client_id), binding)]
+        [ExchangeSpec(exchange)],
+        [
+            QueueSpec(
+                routes.client_tasks_queue(run, client_id), binding, expires_s=RUN_QUEUE_EXPIRES_S
+            )
+        ],
     )

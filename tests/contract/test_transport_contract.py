@@ -455,3 +455,62 @@ def test_open_transport_picks_the_implementation_from_the_url():
 def test_amqp_url_password_is_redacted():
     assert redact_url("amqp://scarlet:s3cr3t@broker:5672/fl") == "amqp://scarlet:***@broker:5672/fl"
     assert redact_url("amqp://broker:5672/%2F") == "amqp://broker:5672/%2F"
+
+
+# ---------------------------------------------------------------------- bounded queues
+
+
+def _drain(transport: Transport, queue: str, quiet_s: float) -> list[bytes]:
+    bodies = []
+    while (delivery := transport.get(queue, timeout_s=quiet_s)) is not None:
+        bodies.append(delivery.body)
+        delivery.ack()
+    return bodies
+
+
+@pytest.mark.parametrize("quorum", [False, True])
+def test_a_full_queue_drops_its_oldest_message(transport_factory: TransportFactory, quorum):
+    # Given a queue bounded at two messages (drop-head, the default overflow)
+    transport = transport_factory()
+    queue = transport_factory.queue_name()
+    transport.declare(queues=[QueueSpec(queue, quorum=quorum, max_length=2)])
+    # When three arrive
+    for body in (b"1", b"2", b"3"):
+        transport.publish("", queue, body)
+    # Then the first is gone
+    assert _drain(transport, queue, transport_factory.quiet_s) == [b"2", b"3"]
+
+
+def test_a_full_queue_with_reject_overflow_refuses_the_publish(
+    transport_factory: TransportFactory,
+):
+    # Given a (classic) queue bounded at two messages that refuses overflow; RabbitMQ
+    # quorum queues enforce reject-publish only approximately, so the bounded queues of
+    # the federation that refuse overflow (the cache-RPC queue) are classic
+    transport = transport_factory()
+    queue = transport_factory.queue_name()
+    transport.declare(queues=[QueueSpec(queue, max_length=2, reject_overflow=True)])
+    transport.publish("", queue, b"1")
+    transport.publish("", queue, b"2")
+    # When a third is published, Then the publisher is told and nothing is lost or replaced
+    with pytest.raises(TransportError):
+        transport.publish("", queue, b"3")
+    assert _drain(transport, queue, transport_factory.quiet_s) == [b"1", b"2"]
+
+
+def test_messages_older_than_the_ttl_are_dropped(transport_factory: TransportFactory):
+    transport = transport_factory()
+    queue = transport_factory.queue_name()
+    transport.declare(queues=[QueueSpec(queue, message_ttl_s=0.2)])
+    transport.publish("", queue, b"old")
+    time.sleep(0.5)
+    transport.publish("", queue, b"new")
+    assert _drain(transport, queue, transport_factory.quiet_s) == [b"new"]
+
+
+def test_a_queue_redeclared_with_other_bounds_is_refused(transport_factory: TransportFactory):
+    transport = transport_factory()
+    queue = transport_factory.queue_name()
+    transport.declare(queues=[QueueSpec(queue, max_length=5)])
+    with pytest.raises(TransportError):
+        transport.declare(queues=[QueueSpec(queue, max_length=6)])

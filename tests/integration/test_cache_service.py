@@ -420,7 +420,9 @@ def test_the_run_command_serves_until_sigterm_and_exits_zero(names, worker):
         "SCARLET_RUN_ID": names.run_id,
         "SCARLET_VERIFY_SENDERS": "false",  # the test's worker is guest, as the service
     }
-    flags = ["--public-size", str(P), "--public-per-round", "10", "--dataset", "digits"]
+    # a federation digits can hold (the configuration refuses one larger than its split)
+    flags = ["--public-size", str(P), "--public-per-round", "10", "--dataset", "mnist-5k"]
+    flags += ["--clients", "2", "--samples-per-client", "100"]
     process = subprocess.Popen(
         [sys.executable, "-m", "services.cache", "run", *flags],
         cwd=REPO,
@@ -436,9 +438,11 @@ def test_the_run_command_serves_until_sigterm_and_exits_zero(names, worker):
             try:
                 assert resync.resync(cache, None) == 0
                 break
-            except ScarletError:
+            except ScarletError as e:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    raise
+                    process.kill()
+                    output, _ = process.communicate(timeout=15)
+                    raise AssertionError(f"cache service: {output.decode()[-2000:]}") from e
                 time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=15)

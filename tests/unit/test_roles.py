@@ -40,7 +40,7 @@ from tests.conftest import tiny_config
 
 RUN = "r1"
 IDS = Identities.for_run(RUN)
-DLX, DLQ = "scarlet.dlx", "scarlet.dead-letter"
+DLX, DLQ = "scarlet.dlx", "scarlet.dead-letters"
 
 
 def may(perms: BrokerPermissions, kind: str, name: str) -> bool:

@@ -20,13 +20,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from shared.config import (
-    FederationConfig,
-    ServiceSettings,
-    add_model_flags,
-    flag_overrides,
-    load_config,
-)
+from shared.config import FederationConfig, ServiceSettings
+from shared.config_loading import add_model_flags, flag_overrides, load_config
 from shared.errors import ScarletError
 from shared.results import RoundRecord, format_round_line
 

@@ -33,7 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.config import FederationConfig, ServiceSettings, dump_toml
+from shared.config import FederationConfig, ServiceSettings
+from shared.config_loading import dump_toml
 from shared.errors import ConfigError, ScarletError
 from shared.security.roles import Identities, Role, RoleGrant, plan
 from shared.transport import open_transport

@@ -35,7 +35,8 @@ from typing import IO
 from tqdm import tqdm
 
 from scarlet.provision import delete_users, provision
-from shared.config import FederationConfig, ServiceSettings, dump_toml
+from shared.config import FederationConfig, ServiceSettings
+from shared.config_loading import dump_toml
 from shared.errors import ConfigError, ScarletError, TransportError
 from shared.protocol import routes
 from shared.results import RoundRecord, RunResults, format_round_line

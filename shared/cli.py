@@ -25,14 +25,8 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from shared.config import (
-    FederationConfig,
-    ServiceSettings,
-    add_model_flags,
-    flag_overrides,
-    load_config,
-    redacted,
-)
+from shared.config import FederationConfig, ServiceSettings
+from shared.config_loading import add_model_flags, flag_overrides, load_config, redacted
 from shared.errors import ConfigError, ScarletError
 from shared.metrics import Metrics
 from shared.transport import Transport, open_transport
@@ -153,7 +147,7 @@ def load_service_config(args: argparse.Namespace) -> tuple[FederationConfig, Ser
     """Federation keys at the TOML top level, service keys under ``[service]``.
 
     Raises:
-        ConfigError: as :func:`shared.config.load_config`.
+        ConfigError: as :func:`shared.config_loading.load_config`.
     """
     config = load_config(
         FederationConfig, path=args.config, overrides=flag_overrides(args, FederationConfig)

@@ -33,24 +33,30 @@ capped by it). It raises only :class:`~shared.errors.DecodeError` and, for N ove
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
-import zstandard
 from torch import Tensor
 
 from shared.errors import DecodeError, MessageTooLarge
+from shared.protocol.codec_spec import CodecSpec
 from shared.protocol.indexsets import (
     decode_codes,
     decode_index_set,
     encode_codes,
     encode_index_set,
 )
+from shared.protocol.simplex import (
+    dequantize_codes,
+    dequantize_simplex,
+    float_rows,
+    normalize_rows,
+    quantize_rows,
+    quantize_simplex,
+)
+from shared.protocol.zstd_frames import compress_data, decompress_data
 
 __all__ = [
     "CodecSpec",
@@ -64,13 +70,10 @@ __all__ = [
 _F32 = npt.NDArray[np.float32]
 _I64 = npt.NDArray[np.int64]
 
-_GRAMMAR = "SPEC := (f32 | f16 | q<2..8>[+delta]) [+zstd[<level 1..22>]], e.g. q6+delta+zstd"
-_SPEC_PATTERN = re.compile(r"(f32|f16|q([0-9]))(\+delta)?(\+zstd([0-9]{1,2})?)?")
 _ACCEPT_TOLERANCE = 1e-3  # largest |row sum - 1| accepted from an encoder's float input
 # decoded float rows whose float64 sum is this close to 1 pass unchanged, so f32 is exact
 # for torch's float32 softmax rows (measured up to 7e-7 off, C = 10..1000)
 _PASS_TOLERANCE = 1e-6
-_INPUT_SLACK = 1e-6  # error bounds hold for inputs whose rows sum to 1 within this
 # f16 carries half-precision values exactly (no renormalization on decode), so that its
 # round trip is a projection: re-encoding decoded rows gives the same rows bit for bit,
 # and a cache of decoded values can be sent again (replicas stay exact). Rounding moves a
@@ -80,136 +83,6 @@ _INPUT_SLACK = 1e-6  # error bounds hold for inputs whose rows sum to 1 within t
 # every row it emits sums to 1 within 6e-4 + 4.9e-4 + C 2**-25 < _F16_ACCEPT_TOLERANCE.
 _F16_PRENORMALIZE = 6e-4
 _F16_ACCEPT_TOLERANCE = 1.5e-3
-_DEFAULT_LEVEL = 3
-_F32_ROUNDING = 1 / 2**24  # largest error of rounding a value in [0, 1] to float32
-
-
-@dataclass(frozen=True, slots=True)
-class CodecSpec:
-    """How a soft-label matrix is coded; its string form goes on the wire.
-
-    The grammar: ``(f32 | f16 | q<2..8>[+delta]) [+zstd[<level 1..22>]]``.
-
-    Attributes:
-        kind: ``f32`` (exact), ``f16``, or ``quant`` (``bits``-bit simplex codes).
-        bits: code width 2..8 for quant; 8 (unused) otherwise.
-        delta: quant only: code q - q_ref against a reference both sides hold.
-        entropy: ``zstd`` compresses the data bytes; ``none`` leaves them.
-        level: zstd level 1..22 (encoder only; 3 unless ``entropy`` is zstd).
-
-    Raises:
-        ValueError: for any combination outside the grammar.
-    """
-
-    kind: Literal["f32", "f16", "quant"]
-    bits: int = 8
-    delta: bool = False
-    entropy: Literal["none", "zstd"] = "none"
-    level: int = _DEFAULT_LEVEL
-
-    def __post_init__(self) -> None:
-        quant = self.kind == "quant"
-        if self.kind not in ("f32", "f16", "quant") or self.entropy not in ("none", "zstd"):
-            raise ValueError(f"unknown kind or entropy coder; {_GRAMMAR}")
-        if (quant and not 2 <= self.bits <= 8) or (not quant and (self.bits != 8 or self.delta)):
-            raise ValueError(f"bits 2..8 and delta apply to quant only; {_GRAMMAR}")
-        zstd = self.entropy == "zstd"
-        if (zstd and not 1 <= self.level <= 22) or (not zstd and self.level != _DEFAULT_LEVEL):
-            raise ValueError(f"zstd level must lie in 1..22; {_GRAMMAR}")
-
-    @classmethod
-    def parse(cls, text: str) -> CodecSpec:
-        """Parse ``f32``, ``f16``, ``q4``, ``q8+delta``, ``q6+delta+zstd``, ``f16+zstd19``.
-
-        Raises:
-            ValueError: when ``text`` does not follow the grammar (the message quotes it).
-        """
-        match = _SPEC_PATTERN.fullmatch(text)
-        if match is None:
-            raise ValueError(f"bad codec spec {text!r}; {_GRAMMAR}")
-        base, bits, delta, zstd, level = match.groups()
-        entropy: Literal["none", "zstd"] = "zstd" if zstd else "none"
-        level_value = int(level) if level else _DEFAULT_LEVEL
-        if bits is None:
-            kind: Literal["f32", "f16"] = "f32" if base == "f32" else "f16"
-            return cls(kind, delta=bool(delta), entropy=entropy, level=level_value)
-        return cls("quant", int(bits), bool(delta), entropy, level_value)
-
-    def __str__(self) -> str:
-        text = f"q{self.bits}" if self.kind == "quant" else self.kind
-        text += "+delta" if self.delta else ""
-        if self.entropy == "zstd":
-            text += "+zstd" + ("" if self.level == _DEFAULT_LEVEL else str(self.level))
-        return text
-
-    def max_abs_error(self, num_classes: int) -> float:
-        """Bound on |decoded - input| per entry, for input rows summing to 1 within 1e-6.
-
-        f32: 1e-6; exactly 0 when the float64 row sum is within 1e-6 of 1.
-        f16: 2**-12 + 1e-6 (half-precision rounding of every entry, round to nearest;
-        rows are not renormalized, so they sum to 1 within 2**-11 + C 2**-25 + 1e-6).
-        quant: 1/L + 2**-24 + 1e-6 with L = 2**bits - 1: largest-remainder rounding moves
-        every scaled entry by less than one code; 2**-24 is float32 output rounding.
-
-        Args:
-            num_classes: C, the row length (>= 1).
-
-        Raises:
-            ValueError: when num_classes < 1.
-        """
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if self.kind == "f32":
-            return _INPUT_SLACK
-        if self.kind == "f16":
-            return 1 / 2**12 + _INPUT_SLACK
-        return 1 / ((1 << self.bits) - 1) + _F32_ROUNDING + _INPUT_SLACK
-
-
-def quantize_simplex(probs: Tensor, bits: int) -> Tensor:
-    """Sum-preserving quantization of probability rows to ``bits``-bit integer codes.
-
-    Each row is normalized (float64), scaled by L = 2**bits - 1 and floored; the missing
-    units go to the largest remainders, ties to the lower class index (Hamilton's method).
-    Every code is therefore the floor or the ceiling of L p, so |code / L - p| < 1 / L.
-
-    Args:
-        probs: (N, C) finite, non-negative rows with a positive sum.
-        bits: 2..8.
-
-    Returns:
-        (N, C) int64 codes in [0, L], each row summing exactly to L.
-
-    Raises:
-        ValueError: on a bad shape, bits, negative or non-finite values, or an all-zero row.
-    """
-    _check_bits(bits)
-    return torch.from_numpy(_quantize(_normalized(_float_rows(probs, "probs")), (1 << bits) - 1))
-
-
-def dequantize_simplex(codes: Tensor, bits: int) -> Tensor:
-    """Codes / L as float32: the exact inverse map of :func:`quantize_simplex`'s grid.
-
-    Args:
-        codes: (N, C) integer codes in [0, L], rows summing to L = 2**bits - 1.
-        bits: 2..8.
-
-    Returns:
-        (N, C) float32 rows on the simplex (sums within 2**-24 of 1).
-
-    Raises:
-        ValueError: on a bad shape, codes out of range, or rows not summing to L.
-    """
-    _check_bits(bits)
-    levels = (1 << bits) - 1
-    if codes.dim() != 2 or codes.dtype.is_floating_point or codes.dtype == torch.bool:
-        raise ValueError(f"codes: expected an (N, C) integer tensor, got {codes.dtype}")
-    values = codes.detach().cpu().to(torch.int64).numpy()
-    if values.size and (values.min() < 0 or values.max() > levels):
-        raise ValueError(f"codes: values must lie in [0, {levels}]")
-    if np.any(values.sum(axis=1) != levels):
-        raise ValueError(f"codes: rows must sum to {levels}")
-    return torch.from_numpy(_dequantize(values, levels))
 
 
 def encode_soft_labels(
@@ -234,11 +107,11 @@ def encode_soft_labels(
     n, c = values.shape
     header: dict[str, object] = {"spec": str(spec), "n": n, "c": c}
     if spec.kind == "f16":
-        return header | {"layout": "raw", "data": _compress(_half_rows(values).tobytes(), spec)}
+        return header | {"layout": "raw", "data": compress_data(_half_rows(values).tobytes(), spec)}
     if spec.kind != "quant":
         raw = values.astype("<f4").tobytes()
-        return header | {"layout": "raw", "data": _compress(raw, spec)}
-    codes = _quantize(_normalized(values), (1 << spec.bits) - 1)
+        return header | {"layout": "raw", "data": compress_data(raw, spec)}
+    codes = quantize_rows(normalize_rows(values), (1 << spec.bits) - 1)
     if spec.delta:
         base = _reference_codes(reference, n, c, spec.bits, ValueError)
         prefix, symbols = b"", _zigzag(_drop(codes - base, base.argmax(axis=1)))
@@ -285,7 +158,7 @@ def decode_soft_labels(
         raise DecodeError(f"data: expected bytes, got {type(data).__name__}")
     if spec.kind != "quant":
         itemsize = 4 if spec.kind == "f32" else 2
-        raw = _decompress(data, spec, n * c * itemsize, exact=True)
+        raw = decompress_data(data, spec, n * c * itemsize, exact=True)
         values = np.frombuffer(raw, "<f4" if itemsize == 4 else "<f2").astype(np.float32)
         if spec.kind == "f16":
             return torch.from_numpy(
@@ -318,7 +191,7 @@ def roundtrip(probs: Tensor, spec: CodecSpec, reference: Tensor | None = None) -
     if spec.delta:
         _reference_codes(reference, len(values), values.shape[1], spec.bits, ValueError)
     levels = (1 << spec.bits) - 1
-    return torch.from_numpy(_dequantize(_quantize(_normalized(values), levels), levels))
+    return torch.from_numpy(dequantize_codes(quantize_rows(normalize_rows(values), levels), levels))
 
 
 def _smaller_layout(prefix: bytes, symbols: _I64, spec: CodecSpec) -> dict[str, object]:
@@ -327,8 +200,8 @@ def _smaller_layout(prefix: bytes, symbols: _I64, spec: CodecSpec) -> dict[str, 
     nonzero = np.flatnonzero(symbols)
     sparse = _encode(symbols[nonzero] - 1, width)
     sparse += encode_index_set(torch.from_numpy(nonzero), symbols.size)
-    dense = _compress(prefix + _encode(symbols, width), spec)
-    sparse = _compress(prefix + sparse, spec)
+    dense = compress_data(prefix + _encode(symbols, width), spec)
+    sparse = compress_data(prefix + sparse, spec)
     if len(dense) <= len(sparse):
         return {"layout": "dense", "data": dense}
     return {"layout": "sparse", "nnz": int(nonzero.size), "data": sparse}
@@ -375,7 +248,7 @@ def _decode_quant(
     levels, width, count = (1 << spec.bits) - 1, spec.bits + spec.delta, n * (c - 1)
     prefix = 0 if spec.delta else (n * _argmax_bits(c) + 7) // 8
     if layout == "dense":
-        raw = _decompress(data, spec, prefix + (count * width + 7) // 8, exact=True)
+        raw = decompress_data(data, spec, prefix + (count * width + 7) // 8, exact=True)
         symbols = _decode(raw[prefix:], width, count)
     else:
         nnz = _int_field(payload, "nnz")
@@ -383,7 +256,7 @@ def _decode_quant(
             raise DecodeError(f"nnz: {nnz} non-zero symbols, more than the {count} coded")
         packed = (nnz * width + 7) // 8
         # the encoder's position set is never larger than its bitmap: 1 + ceil(count / 8)
-        raw = _decompress(data, spec, prefix + packed + 1 + (count + 7) // 8, exact=False)
+        raw = decompress_data(data, spec, prefix + packed + 1 + (count + 7) // 8, exact=False)
         symbols = np.zeros(count, dtype=np.int64)
         try:
             positions = decode_index_set(raw[prefix + packed :], count, max_items=nnz).numpy()
@@ -402,23 +275,7 @@ def _decode_quant(
         codes = _undrop(symbols, argmax, c, levels)
     if codes.size and (codes.min() < 0 or codes.max() > levels):
         raise DecodeError(f"data: codes out of range [0, {levels}]")
-    return _dequantize(codes, levels)
-
-
-def _quantize(values: npt.NDArray[np.float64], levels: int) -> _I64:
-    """Largest-remainder rounding of (N, C) rows that sum to 1 onto the grid 1/L."""
-    scaled = values * levels
-    floors = np.floor(scaled)
-    missing = levels - floors.sum(axis=1).astype(np.int64)  # in [0, C] for rows summing to 1
-    order = np.argsort(floors - scaled, axis=1, kind="stable")  # largest remainder first
-    bonus = np.zeros_like(order)
-    ranks = np.broadcast_to(np.arange(values.shape[1]), order.shape)
-    np.put_along_axis(bonus, order, ranks < missing[:, None], axis=1)
-    return floors.astype(np.int64) + bonus
-
-
-def _dequantize(codes: _I64, levels: int) -> _F32:
-    return (codes / levels).astype(np.float32)
+    return dequantize_codes(codes, levels)
 
 
 def _drop(matrix: _I64, columns: _I64) -> _I64:
@@ -448,41 +305,10 @@ def _reference_codes(
 ) -> _I64:
     """Quantized reference rows; an earlier decoded value re-quantizes to its own codes."""
     if reference is None:
-        return _quantize(np.full((n, c), 1.0 / c), (1 << bits) - 1)
+        return quantize_rows(np.full((n, c), 1.0 / c), (1 << bits) - 1)
     if tuple(reference.shape) != (n, c):
         raise error(f"reference: shape {tuple(reference.shape)}, expected ({n}, {c})")
-    return _quantize(_normalized(_float_rows(reference, "reference")), (1 << bits) - 1)
-
-
-def _compress(raw: bytes, spec: CodecSpec) -> bytes:
-    if spec.entropy == "none" or not raw:  # see _decompress: no frame for nothing
-        return raw
-    return zstandard.ZstdCompressor(level=spec.level, write_content_size=True).compress(raw)
-
-
-def _decompress(data: bytes, spec: CodecSpec, limit: int, *, exact: bool) -> bytes:
-    """The raw bytes, at most ``limit`` of them (exactly ``limit`` when ``exact``)."""
-    if spec.entropy == "zstd" and data:
-        try:
-            declared = zstandard.frame_content_size(data)
-        except zstandard.ZstdError:
-            raise DecodeError("data: not a zstd frame") from None
-        # never let the frame choose the allocation: python-zstandard trusts its header.
-        # It also returns b"" for a declared 0 without reading on, so empty data travels
-        # without a frame and a frame must declare at least one byte.
-        if declared <= 0:
-            raise DecodeError("data: the zstd frame does not declare a content size >= 1")
-        if declared > limit:
-            raise DecodeError(f"data: zstd frame declares {declared} bytes, limit {limit}")
-        try:
-            data = zstandard.ZstdDecompressor().decompress(
-                data, max_output_size=limit, allow_extra_data=False
-            )
-        except zstandard.ZstdError as error:
-            raise DecodeError(f"data: bad zstd frame ({error})") from None
-    if len(data) > limit or (exact and len(data) != limit):
-        raise DecodeError(f"data: {len(data)} bytes, expected {'' if exact else '<= '}{limit}")
-    return data
+    return quantize_rows(normalize_rows(float_rows(reference, "reference")), (1 << bits) - 1)
 
 
 def _checked_float_rows(values: _F32, tolerance: float = _ACCEPT_TOLERANCE) -> _F32:
@@ -524,28 +350,8 @@ def _half_rows(values: _F32) -> npt.NDArray[np.float16]:
     return scaled.astype("<f2")
 
 
-def _float_rows(tensor: Tensor, field: str) -> _F32:
-    if tensor.dim() != 2 or not tensor.dtype.is_floating_point:
-        raise ValueError(f"{field}: expected an (N, C) float tensor, got {tensor.dtype}")
-    if tensor.shape[1] < 1:
-        raise ValueError(f"{field}: need at least one class")
-    values = tensor.detach().cpu().to(torch.float32).numpy()
-    if not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise ValueError(f"{field}: values must be finite and non-negative")
-    return values
-
-
-def _normalized(values: _F32) -> npt.NDArray[np.float64]:
-    """Rows divided by their float64 sums: _quantize needs sums of 1 to within float64."""
-    sums = values.sum(axis=1, keepdims=True, dtype=np.float64)
-    if np.any(sums <= 0):
-        raise ValueError("every row needs a positive sum")
-    normalized: npt.NDArray[np.float64] = values / sums
-    return normalized
-
-
 def _simplex_rows(probs: Tensor) -> _F32:
-    values = _float_rows(probs, "probs")
+    values = float_rows(probs, "probs")
     if np.any(np.abs(values.sum(axis=1, dtype=np.float64) - 1) > _ACCEPT_TOLERANCE):
         raise ValueError(f"probs: rows must sum to 1 within {_ACCEPT_TOLERANCE}")
     return values
@@ -556,11 +362,6 @@ def _int_field(payload: Mapping[str, object], field: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise DecodeError(f"{field}: expected a non-negative int, got {value!r:.40}")
     return value
-
-
-def _check_bits(bits: int) -> None:
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits must lie in 2..8, got {bits}")
 
 
 def _argmax_bits(c: int) -> int:

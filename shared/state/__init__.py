@@ -27,7 +27,9 @@ from shared.state.base import (
 )
 from shared.state.files import FileClientStateStore
 from shared.state.memory import MemoryClientStateStore, MemoryFederationStore
-from shared.state.redis import ConnectionOptions, RedisClientStateStore, RedisFederationStore
+from shared.state.redis import RedisFederationStore
+from shared.state.redis_client_state import RedisClientStateStore
+from shared.state.redis_connection import ConnectionOptions
 
 __all__ = [
     "CacheSnapshot",

@@ -44,7 +44,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from shared.config import FederationConfig, ServiceSettings, flag_overrides, load_config
+from shared.config import FederationConfig, ServiceSettings
+from shared.config_loading import flag_overrides, load_config
 from shared.protocol import routes
 from shared.security.roles import Identities, Role, redis_rules
 from tests.conftest import running_in_ci

@@ -2,7 +2,8 @@ import argparse
 
 import pytest
 
-from shared.config import FederationConfig, add_model_flags, flag_overrides, load_config, redacted
+from shared.config import FederationConfig
+from shared.config_loading import add_model_flags, flag_overrides, load_config, redacted
 from shared.errors import ConfigError
 
 

@@ -27,7 +27,7 @@ import pytest
 
 from shared.errors import TransportClosed, TransportError, TransportUnavailable
 from shared.transport import HEADER_ORIGINAL_QUEUE, HEADER_REJECT_REASON, AmqpTransport, QueueSpec
-from tests.conftest import AMQP_URL, require_rabbitmq, running_in_ci
+from tests.conftest import AMQP_URL, require_rabbitmq, skip_or_fail
 
 pytestmark = pytest.mark.integration
 
@@ -163,14 +163,16 @@ def _can_run_private_node() -> str:
     return ""
 
 
-@pytest.fixture
-def private_rabbitmq() -> Iterator[PrivateRabbitNode]:
+@contextlib.contextmanager
+def running_private_node(prefix: str) -> Iterator[PrivateRabbitNode]:
+    """A started private RabbitMQ node on free ports, destroyed afterwards.
+
+    Skips locally and fails in CI when this machine cannot run one.
+    """
     if reason := _can_run_private_node():
-        if running_in_ci():
-            pytest.fail(f"cannot start a private RabbitMQ node: {reason}", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail(f"cannot start a private RabbitMQ node: {reason}")
     node = PrivateRabbitNode(
-        name=f"scarlet-test-{uuid.uuid4().hex[:8]}@localhost",
+        name=f"{prefix}-{uuid.uuid4().hex[:8]}@localhost",
         port=_free_port(),
         dist_port=_free_port(),
         base=Path(tempfile.mkdtemp(prefix="scarlet-rmq-")),
@@ -181,6 +183,12 @@ def private_rabbitmq() -> Iterator[PrivateRabbitNode]:
         yield node
     finally:
         node.destroy()
+
+
+@pytest.fixture
+def private_rabbitmq() -> Iterator[PrivateRabbitNode]:
+    with running_private_node("scarlet-test") as node:
+        yield node
 
 
 def _drain(transport: AmqpTransport, queue: str, timeout_s: float = 1.0) -> list[bytes]:

@@ -39,7 +39,7 @@ from shared.protocol import routes
 from shared.rounds.setup import prepare_data
 from shared.state import open_federation_store
 from shared.transport import AmqpTransport
-from tests.conftest import running_in_ci
+from tests.conftest import skip_or_fail
 from tests.integration.test_amqp_reconnect import (
     PrivateRabbitNode,
     _can_run_private_node,
@@ -210,9 +210,7 @@ class TlsRabbitNode(PrivateRabbitNode):
 @pytest.fixture(scope="module")
 def tls_rabbitmq(pki: Pki) -> Iterator[TlsRabbitNode]:
     if reason := _can_run_private_node():
-        if running_in_ci():
-            pytest.fail(f"cannot start a private RabbitMQ node: {reason}", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail(f"cannot start a private RabbitMQ node: {reason}")
     node = TlsRabbitNode(
         name=f"scarlet-tls-{uuid.uuid4().hex[:8]}@localhost",
         port=_free_port(),
@@ -265,7 +263,7 @@ class TlsRedis:
 @pytest.fixture(scope="module")
 def tls_redis(pki: Pki) -> Iterator[TlsRedis]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        skip_or_fail("redis-server is not installed")
     server = TlsRedis(_free_port(), Path(tempfile.mkdtemp(prefix="scarlet-redis-tls-")), pki)
     try:
         server.start()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
 import threading
 import time
 import uuid
@@ -39,13 +38,12 @@ from shared.results import RoundRecord
 from shared.rounds.aggregator import drawn_public_indices
 from shared.state import open_federation_store
 from shared.state.base import FederationStore
-from tests.conftest import AMQP_URL, require_rabbitmq, require_redis, require_tool, running_in_ci
+from tests.conftest import AMQP_URL, require_rabbitmq, require_redis, require_tool
 from tests.integration.test_amqp_reconnect import (
     PrivateRabbitNode,
-    _can_run_private_node,
-    _free_port,
     _port_open,
     _wait_until,
+    running_private_node,
 )
 from tests.integration.test_redis_durability import PrivateRedis
 from tests.system.harness import SMALL_FEDERATION
@@ -281,22 +279,8 @@ def test_a_fault_in_the_middle_of_a_round_ends_with_the_undisturbed_results(
 
 @pytest.fixture
 def private_rabbitmq(tmp_path: Path) -> Iterator[PrivateRabbitNode]:
-    if reason := _can_run_private_node():
-        if running_in_ci():
-            pytest.fail(f"cannot start a private RabbitMQ node: {reason}", pytrace=False)
-        pytest.skip(reason)
-    node = PrivateRabbitNode(
-        name=f"scarlet-fm-{uuid.uuid4().hex[:8]}@localhost",
-        port=_free_port(),
-        dist_port=_free_port(),
-        base=Path(tempfile.mkdtemp(prefix="scarlet-rmq-")),
-    )
-    try:
-        node.prepare()
-        node.start()
+    with running_private_node("scarlet-fm") as node:
         yield node
-    finally:
-        node.destroy()
 
 
 def test_a_rabbitmq_restart_mid_round_ends_with_the_undisturbed_results(

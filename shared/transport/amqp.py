@@ -3,7 +3,8 @@
 Owns :class:`AmqpTransport`: the ``Transport`` operations, the topology it remembers,
 and settlement with dead-lettering. Its parts: the connection (``amqp_connection``), the
 per-queue consumers (``amqp_consumers``), the recorded topology (``amqp_topology``), the
-delivery (``amqp_delivery``), helpers (``amqp_support``), all in :mod:`shared.transport`.
+delivery (``amqp_delivery``), batched acks (``amqp_batch``), helpers (``amqp_support``),
+all in :mod:`shared.transport`.
 
 Delivery guarantees:
 
@@ -14,6 +15,11 @@ Delivery guarantees:
   ``prefetch`` window: up to ``prefetch`` unsettled deliveries per queue, counting those
   buffered here but not yet returned by ``get``. Buffered deliveries are requeued when
   the queue is purged or deleted through this transport and when the transport closes.
+- ``get_many`` returns the first delivery and whatever else of that queue the window
+  already holds; ``ack_many`` acks them with one ``basic_ack(multiple=True)`` up to the
+  highest tag, but only as far as no other unsettled delivery of the channel (buffered,
+  handed out or with a cross-thread settle pending) lies below it; above such a tag it
+  acks one by one. Deliveries of an earlier channel generation are never acked.
 - ``reject(requeue=False)`` republishes the message (confirmed) to the dead-letter
   exchange with ``x-original-queue`` and ``x-reject-reason`` headers, then acks it. A
   crash in between leaves a duplicate dead letter, never a lost message. Queues also
@@ -37,13 +43,14 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 import pika
 import pika.exceptions
 
 from shared.errors import ConfigError, TransportClosed, TransportError
+from shared.transport.amqp_batch import ack_batch
 from shared.transport.amqp_connection import AmqpLink
 from shared.transport.amqp_consumers import AmqpConsumers
 from shared.transport.amqp_delivery import AmqpDelivery
@@ -56,6 +63,7 @@ from shared.transport.base import (
     EXCHANGE_KINDS,
     HEADER_ORIGINAL_QUEUE,
     HEADER_REJECT_REASON,
+    Delivery,
     ExchangeSpec,
     QueueSpec,
     check_message,
@@ -190,6 +198,48 @@ class AmqpTransport:
         """
         deadline = time.monotonic() + max(0.0, timeout_s)
         return self._run("get", lambda: self._get(queue, deadline))
+
+    def get_many(self, queue: str, *, max_count: int, timeout_s: float) -> list[AmqpDelivery]:
+        """Up to ``max_count`` deliveries of ``queue``; waits ``timeout_s`` for the first only.
+
+        The others are what the prefetch window holds already (see ``Transport.get_many``).
+
+        Raises:
+            ValueError: ``max_count`` < 1.
+            TransportError: the queue does not exist.
+            TransportUnavailable: the broker could not be reached within the retry budget.
+        """
+        if max_count < 1:
+            raise ValueError(f"get_many: max_count must be >= 1, got {max_count}")
+        deadline = time.monotonic() + max(0.0, timeout_s)
+
+        def op() -> list[AmqpDelivery]:
+            first = self._consumers.next(queue, deadline)
+            if first is None:
+                return []
+            pending = [first, *self._consumers.take_ready(queue, max_count - 1)]
+            generation = self._consumers.generation
+            return [AmqpDelivery(self, queue, p, generation) for p in pending]
+
+        return self._run("get_many", op)
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack ``deliveries`` together, on the owner thread (see the module docstring).
+
+        Raises:
+            TransportError: a delivery is already settled or not from this transport
+                (nothing acked), or called from another thread.
+            TransportClosed: some deliveries came from a channel that is gone (the others
+                were acked); the broker delivers those again.
+        """
+        self._link.check_owner()
+        batch: list[AmqpDelivery] = []
+        for delivery in deliveries:
+            if not isinstance(delivery, AmqpDelivery) or delivery._transport is not self:
+                raise TransportError("ack_many: a delivery of another transport")
+            batch.append(delivery)
+        if batch:
+            ack_batch(self._link, self._consumers, batch, closed=self._closed)
 
     def process_events(self, time_s: float = 0.0) -> None:
         """Serve the connection for ``time_s`` seconds: heartbeats, cross-thread acks.
@@ -338,6 +388,7 @@ class AmqpTransport:
             else:
                 self._dead_letter(delivery, reason)
                 channel.basic_ack(delivery._tag)
+            self._consumers.settled((delivery._tag,))
         except pika.exceptions.ChannelClosedByBroker as e:
             self._link.recover_channels()
             raise refusal("settle", e) from None

@@ -3,8 +3,10 @@
 Owns :class:`AmqpConsumers`: the ``basic_consume`` consumer of each queue ``get`` has
 read, the messages the broker pushed to it but ``get`` has not yet returned, and the
 generation of the consume channel (bumped whenever that channel is replaced or lost,
-since delivery tags are valid on one channel only). Released consumers give their
-buffered messages back to the queue, in order. The channels themselves belong to
+since delivery tags are valid on one channel only), and the delivery tags of that
+channel not yet settled (buffered or handed out), which tell a batched ack how far
+``basic_ack(multiple=True)`` may reach. Released consumers give their buffered messages
+back to the queue, in order. The channels themselves belong to
 :class:`~shared.transport.amqp_connection.AmqpLink`.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import functools
 import time
 from collections import deque
+from collections.abc import Iterable
 
 import pika
 import pika.exceptions
@@ -32,6 +35,8 @@ class AmqpConsumers:
         """Bumped with every new (or lost) consume channel."""
         self._consumers: dict[str, str] = {}  # queue -> consumer tag
         self._buffers: dict[str, deque[Pending]] = {}
+        self.unsettled: set[int] = set()
+        """Tags of this channel's deliveries not yet settled, buffered or handed out."""
 
     def next(self, queue: str, deadline: float) -> Pending | None:
         """The next message of ``queue``, or None once ``time.monotonic()`` passes ``deadline``.
@@ -54,6 +59,23 @@ class AmqpConsumers:
             arrived = self._buffers.get(queue)
             if remaining <= 0 and not arrived and queue in self._consumers:
                 return None
+
+    def take_ready(self, queue: str, count: int) -> list[Pending]:
+        """Up to ``count`` more messages of ``queue`` that are already here, without waiting.
+
+        One non-blocking pass over the socket first picks up what the broker already sent.
+        """
+        buffer = self._buffers.get(queue)
+        if buffer is None or count < 1:
+            return []
+        if len(buffer) < count:
+            self._link.connection().process_data_events(time_limit=0)
+            buffer = self._buffers.get(queue, deque())
+        return [buffer.popleft() for _ in range(min(count, len(buffer)))]
+
+    def settled(self, tags: Iterable[int]) -> None:
+        """These tags of the current channel were acked or rejected."""
+        self.unsettled.difference_update(tags)
 
     def _start(self, queue: str) -> None:
         # a passive declare on the publish channel: a 404 closes that channel, not the
@@ -80,6 +102,7 @@ class AmqpConsumers:
             channel.basic_reject(method.delivery_tag, requeue=True)
         else:
             buffer.append(pending)
+            self.unsettled.add(method.delivery_tag)
 
     def on_broker_cancel(self, frame: pika.frame.Method) -> None:
         """The broker cancelled a consumer: forget it (its queue was deleted under us)."""
@@ -94,6 +117,7 @@ class AmqpConsumers:
         self.generation += 1
         self._consumers.clear()
         self._buffers.clear()
+        self.unsettled.clear()
 
     def release(self, queue: str) -> None:
         """Cancel our consumer of ``queue`` and requeue what it buffered, in order."""
@@ -105,6 +129,7 @@ class AmqpConsumers:
         # reject before cancelling: the queue has them back before cancel-ok arrives
         for pending in buffer:
             channel.basic_reject(pending.tag, requeue=True)
+            self.unsettled.discard(pending.tag)
         if tag is not None:
             channel.basic_cancel(tag)
 

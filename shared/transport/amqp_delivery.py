@@ -91,18 +91,28 @@ class AmqpDelivery:
         """
         self._settle(requeue=requeue, reason=reason)
 
-    def _settle(self, *, requeue: bool | None, reason: str) -> None:
-        # requeue=None means ack
+    def _claim(self) -> bool:
+        """Mark the delivery settled; False when it already was."""
         with self._lock:
             if self._settled:
-                raise TransportError(f"delivery from {self.queue!r} was already settled")
+                return False
             self._settled = True
+            return True
+
+    def _unclaim(self) -> None:
+        """Nothing happened after all: the delivery may be settled again."""
+        with self._lock:
+            self._settled = False
+
+    def _settle(self, *, requeue: bool | None, reason: str) -> None:
+        # requeue=None means ack
+        if not self._claim():
+            raise TransportError(f"delivery from {self.queue!r} was already settled")
         try:
             if self._transport._on_owner_thread():
                 self._transport._settle(self, requeue, reason)
             else:
                 self._transport._settle_threadsafe(self, requeue, reason)
         except BaseException:
-            with self._lock:
-                self._settled = False  # nothing happened: the caller may try again
+            self._unclaim()  # nothing happened: the caller may try again
             raise

@@ -20,6 +20,11 @@ Semantics every implementation keeps:
   when a reason was given, ``x-reject-reason``. Queues declared with
   ``dead_letter=False`` drop rejected messages instead.
 - ``get`` on a queue that does not exist raises :class:`~shared.errors.TransportError`.
+- ``get_many`` takes what a consumer's prefetch window already holds, so a service can
+  handle a batch and settle it with one ``ack_many`` (on AMQP one
+  ``basic_ack(multiple=True)`` wherever that acks nothing else). A delivery is acked
+  only by the caller, only once its effect is durable; ``ack_many`` never acks a
+  delivery it was not given, however the tags lie.
 - Every publish carries the sender: the connection's user (AMQP ``user_id``, which
   RabbitMQ checks against the authenticated user; in memory, the name a handle was opened
   with). Deliveries expose it as ``user_id`` (None when the message carries none, which
@@ -29,7 +34,7 @@ Semantics every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -234,6 +239,33 @@ class Transport(Protocol):
         Raises:
             TransportError: the queue does not exist.
             TransportUnavailable: the broker could not be reached within the retry budget.
+        """
+        ...
+
+    def get_many(self, queue: str, *, max_count: int, timeout_s: float) -> Sequence[Delivery]:
+        """Up to ``max_count`` deliveries of ``queue``, in queue order; empty on timeout.
+
+        Waits up to ``timeout_s`` for the first; the others are only those already at
+        hand (within the prefetch window), never waited for.
+
+        Raises:
+            ValueError: ``max_count`` < 1.
+            TransportError: the queue does not exist.
+            TransportUnavailable: the broker could not be reached within the retry budget.
+        """
+        ...
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack ``deliveries`` (taken from this transport, on its owner thread) together.
+
+        Exactly the given deliveries are acked; call it only once all their effects are
+        durable. Settle any other delivery of the batch (``reject``) before, not after.
+
+        Raises:
+            TransportError: a delivery was already settled, or is not from this
+                transport; nothing was acked.
+            TransportClosed: some deliveries belong to a channel that is gone (the
+                others were acked); the broker delivers those again.
         """
         ...
 

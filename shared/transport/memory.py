@@ -18,7 +18,7 @@ another thread got. ``process_events`` only sleeps; there is no connection to se
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from shared.errors import ConfigError, TransportClosed, TransportError
@@ -28,6 +28,7 @@ from shared.transport.base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     HEADER_ORIGINAL_QUEUE,
     HEADER_REJECT_REASON,
+    Delivery,
     ExchangeSpec,
     QueueSpec,
     check_message,
@@ -239,6 +240,54 @@ class InMemoryTransport:
                 if remaining <= 0:
                     return None
                 broker.cond.wait(remaining)
+
+    def get_many(self, queue: str, *, max_count: int, timeout_s: float) -> list[InMemoryDelivery]:
+        """Up to ``max_count`` deliveries of ``queue``; waits ``timeout_s`` for the first only.
+
+        The others are the ready messages the prefetch window has room for.
+
+        Raises:
+            ValueError: ``max_count`` < 1.
+            TransportError: the queue does not exist.
+            TransportClosed: the handle is closed.
+        """
+        if max_count < 1:
+            raise ValueError(f"get_many: max_count must be >= 1, got {max_count}")
+        first = self.get(queue, timeout_s=timeout_s)
+        if first is None:
+            return []
+        batch = [first]
+        with self._broker.cond:
+            state = self._broker.queues.get(queue)
+            if state is not None:
+                state.drop_expired(time.monotonic())
+            while state is not None and state.ready and len(batch) < max_count:
+                if not self._has_prefetch_slot(queue):
+                    break
+                delivery = InMemoryDelivery(self, state, state.ready.popleft())
+                self._unsettled[id(delivery)] = delivery
+                batch.append(delivery)
+        return batch
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack ``deliveries`` together (under one lock: all or, on an error, none).
+
+        Raises:
+            TransportError: a delivery is already settled or not from this handle.
+            TransportClosed: the handle was closed (the messages went back to their queues).
+        """
+        batch: list[InMemoryDelivery] = []
+        for delivery in deliveries:
+            if not isinstance(delivery, InMemoryDelivery) or delivery._handle is not self:
+                raise TransportError("ack_many: a delivery of another transport handle")
+            batch.append(delivery)
+        with self._broker.cond:
+            if len({id(d) for d in batch}) != len(batch):
+                raise TransportError("ack_many: the same delivery twice")
+            for delivery in batch:
+                delivery._check_unsettled()
+            for delivery in batch:
+                delivery._settle()
 
     def process_events(self, time_s: float = 0.0) -> None:
         """Sleep ``time_s`` seconds (nothing to serve in memory).

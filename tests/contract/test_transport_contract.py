@@ -514,3 +514,126 @@ def test_a_queue_redeclared_with_other_bounds_is_refused(transport_factory: Tran
     transport.declare(queues=[QueueSpec(queue, max_length=5)])
     with pytest.raises(TransportError):
         transport.declare(queues=[QueueSpec(queue, max_length=6)])
+
+
+# --- batches: get_many and ack_many ----------------------------------------------------
+
+
+def _take(transport: Transport, queue: str, count: int, max_count: int) -> list[Delivery]:
+    """``count`` deliveries through get_many, each batch at most ``max_count`` long."""
+    taken: list[Delivery] = []
+    deadline = time.monotonic() + WAIT_S
+    while len(taken) < count and time.monotonic() < deadline:
+        batch = transport.get_many(queue, max_count=max_count, timeout_s=WAIT_S)
+        assert len(batch) <= max_count
+        taken.extend(batch)
+    assert len(taken) == count, f"{len(taken)} of {count} deliveries arrived"
+    return taken
+
+
+def test_get_many_waits_for_the_first_delivery_only(transport_factory: TransportFactory):
+    transport = transport_factory(prefetch=8)
+    queue = _queue(transport_factory, transport)
+    transport.publish("", queue, b"only")
+    started = time.monotonic()
+    batch = transport.get_many(queue, max_count=8, timeout_s=WAIT_S)
+    assert [d.body for d in batch] == [b"only"]
+    assert time.monotonic() - started < WAIT_S / 2  # it did not wait for seven more
+    transport.ack_many(batch)
+    assert transport.get_many(queue, max_count=8, timeout_s=transport_factory.quiet_s) == []
+    with pytest.raises(ValueError):
+        transport.get_many(queue, max_count=0, timeout_s=0)
+
+
+def test_get_many_keeps_queue_order_and_the_prefetch_window(transport_factory: TransportFactory):
+    # Given six messages and a window of three
+    transport = transport_factory(prefetch=3)
+    queue = _queue(transport_factory, transport)
+    for i in range(6):
+        transport.publish("", queue, f"m{i}".encode())
+    # When three are taken and not yet settled
+    first = _take(transport, queue, 3, max_count=10)
+    # Then the window is full: nothing more comes until they are acked
+    assert transport.get_many(queue, max_count=10, timeout_s=transport_factory.quiet_s) == []
+    transport.ack_many(first)
+    rest = _take(transport, queue, 3, max_count=10)
+    transport.ack_many(rest)
+    assert [d.body for d in first + rest] == [f"m{i}".encode() for i in range(6)]
+
+
+def test_ack_many_with_a_dead_lettered_delivery_in_the_middle(
+    transport_factory: TransportFactory,
+):
+    # Given a batch of five
+    transport = transport_factory(prefetch=10)
+    queue = _queue(transport_factory, transport)
+    for i in range(5):
+        transport.publish("", queue, bytes([i]))
+    batch = _take(transport, queue, 5, max_count=10)
+    # When the middle one is dead-lettered first and the other four acked together
+    batch[2].reject(requeue=False, reason="invalid")
+    transport.ack_many([d for i, d in enumerate(batch) if i != 2])
+    # Then each was settled once: four gone, one dead letter, nothing left to settle
+    with pytest.raises(TransportError):
+        batch[0].ack()
+    transport.close()
+    again = transport_factory()
+    assert again.get(queue, timeout_s=transport_factory.quiet_s) is None
+    dead = _drain(again, again.dead_letters(), transport_factory.quiet_s)
+    assert dead == [bytes([2])]
+
+
+def test_ack_many_leaves_other_unsettled_deliveries_alone(transport_factory: TransportFactory):
+    # Given one delivery of queue A handed out, two more of A waiting in the window, and a
+    # batch of queue B taken after them (on AMQP B's tags lie above A's)
+    transport = transport_factory(prefetch=10)
+    queue_a, queue_b = _queue(transport_factory, transport), _queue(transport_factory, transport)
+    for i in range(3):
+        transport.publish("", queue_a, f"a{i}".encode())
+    held = _get(transport, queue_a)
+    transport.process_events(transport_factory.quiet_s)  # let a1, a2 reach the window
+    for i in range(2):
+        transport.publish("", queue_b, f"b{i}".encode())
+    batch = _take(transport, queue_b, 2, max_count=10)
+    # When B's batch is acked and the client goes away
+    transport.ack_many(batch)
+    assert held.body == b"a0"
+    transport.close()
+    # Then all of A comes again (none was acked by a multiple ack), none of B
+    again = transport_factory()
+    assert sorted(_drain(again, queue_a, transport_factory.quiet_s)) == [b"a0", b"a1", b"a2"]
+    assert _drain(again, queue_b, transport_factory.quiet_s) == []
+
+
+def test_a_batch_not_acked_before_a_crash_comes_again(transport_factory: TransportFactory):
+    # Given a batch taken (and, say, recorded) but not acked when its client goes away
+    consumer = transport_factory(prefetch=10)
+    queue = _queue(transport_factory, consumer)
+    for i in range(3):
+        consumer.publish("", queue, bytes([i]))
+    batch = _take(consumer, queue, 3, max_count=10)
+    consumer.close()
+    # Then the late ack fails and every message is delivered again, marked redelivered
+    with pytest.raises(TransportClosed):
+        consumer.ack_many(batch)
+    again = transport_factory(prefetch=10)
+    redelivered = _take(again, queue, 3, max_count=10)
+    assert [(d.body, d.redelivered) for d in redelivered] == [(bytes([i]), True) for i in range(3)]
+    again.ack_many(redelivered)
+
+
+def test_ack_many_refuses_a_settled_delivery_and_acks_nothing(
+    transport_factory: TransportFactory,
+):
+    transport = transport_factory(prefetch=10)
+    queue = _queue(transport_factory, transport)
+    for body in (b"x", b"y"):
+        transport.publish("", queue, body)
+    x, y = _take(transport, queue, 2, max_count=10)
+    x.ack()
+    with pytest.raises(TransportError):
+        transport.ack_many([x, y])
+    with pytest.raises(TransportError):
+        transport.ack_many([y, y])
+    y.ack()  # still unsettled: the refused batch acked nothing
+    assert transport.get(queue, timeout_s=transport_factory.quiet_s) is None

@@ -14,7 +14,7 @@ Wire format (msgpack maps opening with the envelope of :mod:`shared.protocol.wir
     response: {"v", "kind": "cache_sync_response", "run", "request_id", "version",
                "digest", "full", "indices", "written", "labels", "cleared", "error"}
 
-Tensors are :func:`~shared.protocol.tensors.encode_tensor` maps: ``indices``/``cleared``
+Arrays are :func:`~shared.protocol.tensors.encode_tensor` maps: ``indices``/``cleared``
 ``<i8`` (n,)/(m,), ``written`` ``<i8`` (n,), ``labels`` ``<f4`` (n, C).
 
 Validation on decode (only :class:`~shared.errors.ProtocolError` subclasses escape):
@@ -40,9 +40,8 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-import torch
-from torch import Tensor
 
+from shared.arrays import IndexArray, LabelArray
 from shared.errors import DecodeError
 from shared.protocol.routes import reply_queue
 from shared.protocol.tensors import decode_tensor, encode_tensor
@@ -110,7 +109,7 @@ class CacheSyncRequest:
 class CacheSyncResponse:
     """Cache service → worker: the cache at ``version``, in full or as changes.
 
-    The tensor fields mean what they mean in ``shared.state.base.CacheSnapshot``.
+    The array fields mean what they mean in ``shared.state.base.CacheSnapshot``.
 
     Attributes:
         run_id: the federation.
@@ -132,10 +131,10 @@ class CacheSyncResponse:
     version: int
     digest: str
     full: bool
-    indices: Tensor
-    written: Tensor
-    labels: Tensor
-    cleared: Tensor
+    indices: IndexArray
+    written: IndexArray
+    labels: LabelArray
+    cleared: IndexArray
     error: str = ""
 
 
@@ -149,7 +148,7 @@ def failed_response(
     """
     if not error:
         raise ValueError("a failed response needs an error text")
-    empty = torch.empty(0, dtype=torch.int64)
+    empty = np.empty(0, dtype=np.int64)
     return CacheSyncResponse(
         run_id=run_id,
         request_id=request_id,
@@ -157,9 +156,9 @@ def failed_response(
         digest="",
         full=False,
         indices=empty,
-        written=empty.clone(),
-        labels=torch.empty(0, num_classes, dtype=torch.float32),
-        cleared=empty.clone(),
+        written=empty.copy(),
+        labels=np.empty((0, num_classes), dtype=np.float32),
+        cleared=empty.copy(),
         error=error[:MAX_ERROR_CHARS],
     )
 
@@ -178,7 +177,7 @@ def encode_sync_request(request: CacheSyncRequest) -> bytes:
 
 
 def encode_sync_response(response: CacheSyncResponse) -> bytes:
-    """Encode a :class:`CacheSyncResponse` to bytes (tensors cast to the wire dtypes)."""
+    """Encode a :class:`CacheSyncResponse` to bytes (arrays cast to the wire dtypes)."""
     return pack(
         {
             **envelope(KIND_RESPONSE, response.run_id),
@@ -186,10 +185,10 @@ def encode_sync_response(response: CacheSyncResponse) -> bytes:
             "version": response.version,
             "digest": response.digest,
             "full": response.full,
-            "indices": encode_tensor(response.indices.to(torch.int64)),
-            "written": encode_tensor(response.written.to(torch.int64)),
-            "labels": encode_tensor(response.labels.to(torch.float32)),
-            "cleared": encode_tensor(response.cleared.to(torch.int64)),
+            "indices": encode_tensor(response.indices.astype(np.int64, copy=False)),
+            "written": encode_tensor(response.written.astype(np.int64, copy=False)),
+            "labels": encode_tensor(response.labels.astype(np.float32, copy=False)),
+            "cleared": encode_tensor(response.cleared.astype(np.int64, copy=False)),
             "error": response.error,
         }
     )
@@ -264,24 +263,24 @@ def _reply_to(value: object, run_id: str) -> str:
 
 def _entries(
     msg: Mapping[str, object], full: bool, limits: DecodeLimits
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[IndexArray, IndexArray, LabelArray, IndexArray]:
     indices = _indices(msg.get("indices"), "indices", limits)
     _require_ascending(indices, "indices")
-    n = indices.numel()
+    n = indices.size
     written = decode_tensor(msg.get("written"), "written", dtype="<i8", shape=(n,), max_elements=n)
-    if written.numel() and int(written.min()) < 0:
+    if written.size and int(written.min()) < 0:
         raise DecodeError("written: negative rounds")
     labels = _cache_labels(msg.get("labels"), n, limits)
     cleared = _indices(msg.get("cleared"), "cleared", limits)
     _require_ascending(cleared, "cleared")
-    if full and cleared.numel():
+    if full and cleared.size:
         raise DecodeError("cleared: must be empty in a full snapshot")
-    if bool(torch.isin(cleared, indices).any()):
+    if np.intersect1d(cleared, indices, assume_unique=True).size:
         raise DecodeError("cleared: indices also listed in indices")
     return indices, written, labels, cleared
 
 
-def _cache_labels(obj: object, rows: int, limits: DecodeLimits) -> Tensor:
+def _cache_labels(obj: object, rows: int, limits: DecodeLimits) -> LabelArray:
     # validated like the downlink's labels, but never renormalized: bits must survive
     labels = decode_tensor(
         obj,
@@ -290,33 +289,31 @@ def _cache_labels(obj: object, rows: int, limits: DecodeLimits) -> Tensor:
         shape=(rows, limits.num_classes),
         max_elements=limits.public_size * limits.num_classes,
     )
-    # numpy: torch's multi-threaded elementwise kernels cost milliseconds on a busy host
-    array = labels.numpy()
-    if not bool(np.isfinite(array).all()):
+    if not bool(np.isfinite(labels).all()):
         raise DecodeError("labels: non-finite probabilities")
-    if bool((array < 0).any()):
+    if bool((labels < 0).any()):
         raise DecodeError("labels: negative probabilities")
-    sums = array.sum(axis=1, dtype=np.float64)
+    sums = labels.sum(axis=1, dtype=np.float64)
     if rows and float(np.abs(sums - 1).max()) > SIMPLEX_TOLERANCE:
         raise DecodeError(f"labels: rows do not sum to 1 (tolerance {SIMPLEX_TOLERANCE})")
     return labels
 
 
-def _require_empty(version: int, digest: object, indices: Tensor, cleared: Tensor) -> None:
-    if version != 0 or digest != "" or indices.numel() or cleared.numel():
+def _require_empty(version: int, digest: object, indices: IndexArray, cleared: IndexArray) -> None:
+    if version != 0 or digest != "" or indices.size or cleared.size:
         raise DecodeError("error: a failed response must carry no version, digest or entries")
 
 
-def _indices(obj: object, field: str, limits: DecodeLimits) -> Tensor:
-    """Decode an int64 index tensor (raw layout): in range and unique."""
+def _indices(obj: object, field: str, limits: DecodeLimits) -> IndexArray:
+    """Decode an int64 index array (raw layout): in range and unique."""
     idx = decode_tensor(obj, field, dtype="<i8", shape=(None,), max_elements=limits.public_size)
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= limits.public_size):
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= limits.public_size):
         raise DecodeError(f"{field}: indices outside [0, {limits.public_size})")
-    if torch.unique(idx).numel() != idx.numel():
+    if np.unique(idx).size != idx.size:
         raise DecodeError(f"{field}: indices are not unique")
     return idx
 
 
-def _require_ascending(idx: Tensor, field: str) -> None:
+def _require_ascending(idx: IndexArray, field: str) -> None:
     if not is_ascending(idx):
         raise DecodeError(f"{field}: indices must be ascending")

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
-from torch import Tensor
+import numpy as np
 
+from shared.arrays import IndexArray, LabelArray
 from shared.errors import DecodeError
 from shared.protocol.indexsets import (
     decode_codes,
@@ -134,7 +134,7 @@ def decode_upload(body: bytes, limits: DecodeLimits) -> SoftLabelUpload:
     msg = unpack(body, limits, kind="upload")
     run_id, round_no, client_id = _envelope_fields(msg)
     indices = _index_set(msg.get("indices"), "indices", limits)
-    labels = _labels(msg.get("labels"), "labels", indices.numel(), limits)
+    labels = _labels(msg.get("labels"), "labels", indices.size, limits)
     loss = float_field(msg.get("train_loss"), "train_loss")
     accuracy = float_field(msg.get("client_accuracy"), "client_accuracy", allow_nan=True)
     return SoftLabelUpload(run_id, round_no, client_id, indices, labels, loss, accuracy)
@@ -153,7 +153,7 @@ def _envelope_fields(msg: Mapping[str, object]) -> tuple[str, int, int]:
     return run_id, round_no, client
 
 
-def _index_set(obj: object, field: str, limits: DecodeLimits) -> Tensor:
+def _index_set(obj: object, field: str, limits: DecodeLimits) -> IndexArray:
     try:
         return decode_index_set(
             bytes_field(obj, field), limits.public_size, max_items=limits.public_size
@@ -162,7 +162,7 @@ def _index_set(obj: object, field: str, limits: DecodeLimits) -> Tensor:
         raise DecodeError(f"{field}: {e}") from None
 
 
-def _index_list(obj: object, field: str, limits: DecodeLimits) -> Tensor:
+def _index_list(obj: object, field: str, limits: DecodeLimits) -> IndexArray:
     try:
         return decode_index_list(
             bytes_field(obj, field), limits.public_size, max_items=limits.public_size
@@ -171,7 +171,7 @@ def _index_list(obj: object, field: str, limits: DecodeLimits) -> Tensor:
         raise DecodeError(f"{field}: {e}") from None
 
 
-def _labels(obj: object, field: str, rows: int, limits: DecodeLimits) -> Tensor:
+def _labels(obj: object, field: str, rows: int, limits: DecodeLimits) -> LabelArray:
     if not isinstance(obj, Mapping):
         raise DecodeError(f"{field}: expected a soft-label map")
     try:
@@ -215,7 +215,7 @@ def _encode_targets(
     ):
         # the usual shape (requested ascending, then reused ascending): two sets and one
         # bit per fresh entry (NEWLY_CACHED or EXPIRED) say everything
-        expired = (targets.signals[:q] == int(_EXPIRED)).to(torch.int64)
+        expired = (targets.signals[:q] == int(_EXPIRED)).astype(np.int64)
         return head | {
             "layout": "split",
             "fresh": encode_index_set(fresh_idx, public_size),
@@ -234,28 +234,28 @@ def _decode_targets(obj: object, limits: DecodeLimits) -> DistillTargets:
         raise DecodeError("targets: expected a map")
     layout = obj.get("layout")
     round_no = int_field(obj.get("round"), "targets.round")
-    signals: Tensor | None
+    signals: IndexArray | None
     if layout == "plain":
         indices = _index_list(obj.get("indices"), "targets.indices", limits)
         signals = None
-        fresh = indices.numel()
+        fresh = indices.size
     elif layout == "split":
         fresh_idx = _index_set(obj.get("fresh"), "targets.fresh", limits)
         cached_idx = _index_set(obj.get("cached"), "targets.cached", limits)
-        if bool(torch.isin(fresh_idx, cached_idx).any()):
+        if np.intersect1d(fresh_idx, cached_idx, assume_unique=True).size:
             raise DecodeError("targets: an index is both fresh and cached")
-        expired = _codes(obj.get("expired"), "targets.expired", 1, fresh_idx.numel())
-        indices = torch.cat([fresh_idx, cached_idx])
-        signals = torch.cat(
+        expired = _codes(obj.get("expired"), "targets.expired", 1, fresh_idx.size)
+        indices = np.concatenate([fresh_idx, cached_idx])
+        signals = np.concatenate(
             [
-                torch.where(expired == 1, int(_EXPIRED), int(_NEWLY)),
-                torch.full((cached_idx.numel(),), int(_CACHED), dtype=torch.int64),
+                np.where(expired == 1, int(_EXPIRED), int(_NEWLY)),
+                np.full(cached_idx.size, int(_CACHED), dtype=np.int64),
             ]
         )
-        fresh = fresh_idx.numel()
+        fresh = fresh_idx.size
     elif layout == "list":
         indices = _index_list(obj.get("indices"), "targets.indices", limits)
-        signals = _codes(obj.get("signals"), "targets.signals", 2, indices.numel())
+        signals = _codes(obj.get("signals"), "targets.signals", 2, indices.size)
         if bool((signals > 2).any()):
             raise DecodeError(f"targets.signals: codes outside {_SIGNAL_CODES}")
         fresh = int((signals != int(_CACHED)).sum())
@@ -265,7 +265,7 @@ def _decode_targets(obj: object, limits: DecodeLimits) -> DistillTargets:
     return DistillTargets(round_no, indices, signals, labels)
 
 
-def _codes(obj: object, field: str, bits: int, count: int) -> Tensor:
+def _codes(obj: object, field: str, bits: int, count: int) -> IndexArray:
     try:
         return decode_codes(bytes_field(obj, field), bits, count)
     except DecodeError as e:
@@ -285,12 +285,12 @@ def _decode_catch_up(obj: object, limits: DecodeLimits) -> CatchUp:
     if not isinstance(obj, Mapping):
         raise DecodeError("catch_up: expected a map")
     update = _index_list(obj.get("update"), "catch_up.update", limits)
-    labels = _labels(obj.get("labels"), "catch_up.labels", update.numel(), limits)
+    labels = _labels(obj.get("labels"), "catch_up.labels", update.size, limits)
     written = decode_tensor(
         obj.get("written"),
         "catch_up.written",
         dtype="<i8",
-        shape=(update.numel(),),
+        shape=(update.size,),
         max_elements=limits.public_size,
     )
     if bool((written < 0).any()):

@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from torch import Tensor
 
+from shared.arrays import AnyArray, IndexArray
 from shared.errors import DecodeError, MessageTooLarge
 from shared.protocol.bitpack import (
     MAX_VARINT_BYTES,
@@ -49,29 +48,28 @@ __all__ = [
 ]
 
 _U8 = npt.NDArray[np.uint8]
-_I64 = npt.NDArray[np.int64]
+_I64 = IndexArray
 
 MAX_UNIVERSE = 1 << 40
 """Largest supported universe: keeps shifts in int64 and varints within 6 bytes."""
 
 _MAX_CODE_BITS = 63  # decoded codes must fit int64
-_NOT_INTEGER = (torch.bool, torch.complex64, torch.complex128)
 _SET_BITMAP, _SET_GAPS, _SET_ELIAS_FANO = 0, 1, 2
 _LIST_FIXED, _LIST_DELTAS, _LIST_ASCENDING = 0, 1, 2
 
 
-def encode_codes(codes: Tensor, bits: int) -> bytes:
+def encode_codes(codes: AnyArray, bits: int) -> bytes:
     """Pack a vector of small non-negative ints with exactly ``bits`` bits each.
 
     Args:
-        codes: (M,) integer tensor with values in [0, 2**bits).
+        codes: (M,) integer array with values in [0, 2**bits).
         bits: code width, 1..63.
 
     Returns:
         ceil(M * bits / 8) bytes, MSB first, zero padding; no header (the caller knows M).
 
     Raises:
-        ValueError: for a non-integer or non-1-D tensor, or a value out of range.
+        ValueError: for a non-integer or non-1-D array, or a value out of range.
     """
     _check_width(bits)
     values = _as_int64(codes, "codes")
@@ -80,7 +78,7 @@ def encode_codes(codes: Tensor, bits: int) -> bytes:
     return pack_bits(values, bits)
 
 
-def decode_codes(data: bytes, bits: int, count: int) -> Tensor:
+def decode_codes(data: bytes, bits: int, count: int) -> IndexArray:
     """Inverse of :func:`encode_codes`.
 
     Args:
@@ -89,7 +87,7 @@ def decode_codes(data: bytes, bits: int, count: int) -> Tensor:
         count: M, the number of codes.
 
     Returns:
-        (M,) int64 tensor with values in [0, 2**bits).
+        (M,) int64 with values in [0, 2**bits).
 
     Raises:
         DecodeError: when the length is wrong or the padding bits are not zero.
@@ -98,14 +96,14 @@ def decode_codes(data: bytes, bits: int, count: int) -> Tensor:
     _check_width(bits)
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
-    return torch.from_numpy(unpack_bits(_as_bytes(data), bits, count, "codes"))
+    return unpack_bits(_as_bytes(data), bits, count, "codes")
 
 
-def encode_index_set(indices: Tensor, universe: int) -> bytes:
+def encode_index_set(indices: AnyArray, universe: int) -> bytes:
     """Encode a set of distinct ints in [0, universe) in the smallest of three layouts.
 
     Args:
-        indices: (n,) integer tensor of distinct values, any order (the order is lost).
+        indices: (n,) integer array of distinct values, any order (the order is lost).
         universe: U, the exclusive upper bound of the values, 0..MAX_UNIVERSE.
 
     Returns:
@@ -131,7 +129,7 @@ def encode_index_set(indices: Tensor, universe: int) -> bytes:
     return min(candidates, key=len)
 
 
-def decode_index_set(data: bytes, universe: int, *, max_items: int) -> Tensor:
+def decode_index_set(data: bytes, universe: int, *, max_items: int) -> IndexArray:
     """Inverse of :func:`encode_index_set`.
 
     Args:
@@ -140,7 +138,7 @@ def decode_index_set(data: bytes, universe: int, *, max_items: int) -> Tensor:
         max_items: the largest accepted number of items.
 
     Returns:
-        (n,) int64 tensor, strictly ascending, values in [0, U).
+        (n,) int64, strictly ascending, values in [0, U).
 
     Raises:
         DecodeError: unknown tag, truncated or trailing bytes, non-zero padding, values out
@@ -167,14 +165,14 @@ def decode_index_set(data: bytes, universe: int, *, max_items: int) -> Tensor:
         values = _decode_elias_fano(body[offset:], n, universe)
     else:
         raise DecodeError(f"index set: unknown layout tag {tag}")
-    return torch.from_numpy(values)
+    return values
 
 
-def encode_index_list(indices: Tensor, universe: int) -> bytes:
+def encode_index_list(indices: AnyArray, universe: int) -> bytes:
     """Encode an ordered list of distinct ints in [0, universe), keeping the order.
 
     Args:
-        indices: (n,) integer tensor of distinct values.
+        indices: (n,) integer array of distinct values.
         universe: U, the exclusive upper bound, 0..MAX_UNIVERSE.
 
     Returns:
@@ -204,7 +202,7 @@ def encode_index_list(indices: Tensor, universe: int) -> bytes:
     return min(candidates, key=len)
 
 
-def decode_index_list(data: bytes, universe: int, *, max_items: int) -> Tensor:
+def decode_index_list(data: bytes, universe: int, *, max_items: int) -> IndexArray:
     """Inverse of :func:`encode_index_list`.
 
     Args:
@@ -213,7 +211,7 @@ def decode_index_list(data: bytes, universe: int, *, max_items: int) -> Tensor:
         max_items: the largest accepted number of items.
 
     Returns:
-        (n,) int64 tensor of distinct values in [0, U), in the encoded order.
+        (n,) int64 of distinct values in [0, U), in the encoded order.
 
     Raises:
         DecodeError: unknown tag, truncated or trailing bytes, values out of range,
@@ -241,7 +239,7 @@ def decode_index_list(data: bytes, universe: int, *, max_items: int) -> Tensor:
     _check_decoded_range(values, universe, "index list")
     if np.unique(values).size != values.size:
         raise DecodeError("index list: duplicate indices")
-    return torch.from_numpy(values)
+    return values
 
 
 def _encode_elias_fano(values: _I64, universe: int) -> bytes:
@@ -338,12 +336,12 @@ def _check_width(bits: int) -> None:
         raise ValueError(f"bits must lie in [1, {_MAX_CODE_BITS}], got {bits}")
 
 
-def _as_int64(tensor: Tensor, field: str) -> _I64:
-    if tensor.dim() != 1 or tensor.dtype in _NOT_INTEGER or tensor.dtype.is_floating_point:
+def _as_int64(array: AnyArray, field: str) -> _I64:
+    if array.ndim != 1 or array.dtype.kind not in "iu":
         raise ValueError(
-            f"{field}: expected a 1-D integer tensor, got {tensor.dtype} {tuple(tensor.shape)}"
+            f"{field}: expected a 1-D integer array, got {array.dtype} {tuple(array.shape)}"
         )
-    return tensor.detach().cpu().to(torch.int64).numpy()
+    return array.astype(np.int64, copy=False)
 
 
 def _as_bytes(data: object) -> bytes:

@@ -1,7 +1,8 @@
 """Every message that crosses a process boundary, as frozen dataclasses. No I/O.
 
 Directions use the paper's vocabulary: *downlink* is aggregator → worker, *uplink* is
-worker → aggregator. Tensors are CPU torch tensors; shapes are in the field comments.
+worker → aggregator. Arrays are numpy (:mod:`shared.arrays`): int64 indices, rounds and
+signals, float32 soft labels; shapes are in the field comments.
 The wire encoding lives in :mod:`shared.protocol.codec`.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
+from shared.arrays import IndexArray, LabelArray
 
 __all__ = [
     "CatchUp",
@@ -28,19 +29,19 @@ class DistillTargets:
     """
 
     round: int  # t-1: the round the labels were aggregated in
-    indices: Tensor  # (n,) int64: requested indices (ascending), then reused (ascending)
-    signals: Tensor | None  # (n,) int64 CacheSignal codes, or None without a cache
-    fresh_labels: Tensor  # (n_fresh, C) float32: rows of the non-CACHED entries, in order
+    indices: IndexArray  # (n,) int64: requested indices (ascending), then reused (ascending)
+    signals: IndexArray | None  # (n,) int64 CacheSignal codes, or None without a cache
+    fresh_labels: LabelArray  # (n_fresh, C) float32: rows of the non-CACHED entries, in order
 
 
 @dataclass(frozen=True, slots=True)
 class CatchUp:
     """Replica repair for a client that missed rounds (partial participation)."""
 
-    update_indices: Tensor  # (u,) int64
-    update_labels: Tensor  # (u, C) float32
-    update_written: Tensor  # (u,) int64: round each updated entry was written in
-    clear_indices: Tensor  # (v,) int64
+    update_indices: IndexArray  # (u,) int64
+    update_labels: LabelArray  # (u, C) float32
+    update_written: IndexArray  # (u,) int64: round each updated entry was written in
+    clear_indices: IndexArray  # (v,) int64
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,7 @@ class TrainTask:
     run_id: str
     round: int
     client_id: int
-    request_indices: Tensor  # (q,) int64 ascending: public samples to predict on
+    request_indices: IndexArray  # (q,) int64 ascending: public samples to predict on
     targets: DistillTargets | None  # None in round 0
     catch_up: CatchUp | None  # None when the client is in step (or without a cache)
     cache_version: int  # global cache version after round t-1 was committed
@@ -64,7 +65,7 @@ class SoftLabelUpload:
     run_id: str
     round: int
     client_id: int
-    indices: Tensor  # (q,) int64 ascending, equal to the task's request_indices
-    soft_labels: Tensor  # (q, C) float32, rows on the simplex
+    indices: IndexArray  # (q,) int64 ascending, equal to the task's request_indices
+    soft_labels: LabelArray  # (q, C) float32, rows on the simplex
     train_loss: float  # mean cross-entropy of the last local epoch
     client_accuracy: float  # accuracy on the client's own test shard, or NaN if not measured

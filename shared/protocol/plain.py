@@ -10,8 +10,9 @@ their annotations::
     progress = from_plain(RoundProgress, msgpack.unpackb(blob, raw=False))
 
 Supported annotations: ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``,
-:class:`torch.Tensor` (raw little-endian bytes with dtype and shape, see
-:mod:`shared.protocol.tensors`), :class:`enum.Enum` subclasses, nested dataclasses,
+numpy arrays annotated with an ``NDArray`` alias of :mod:`shared.arrays` (raw
+little-endian bytes with dtype and shape, see :mod:`shared.protocol.tensors`; the dtype
+travels with the bytes), :class:`enum.Enum` subclasses, nested dataclasses,
 ``X | None``, ``Any`` (passed through as decoded), ``list[X]``, ``tuple[X, ...]``,
 fixed ``tuple[X, Y]`` and ``dict[K, V]`` with ``str`` or ``int`` keys. Int keys travel
 as decimal strings: msgpack maps decoded with ``strict_map_key`` accept only string
@@ -30,7 +31,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from torch import Tensor
+import numpy as np
 
 from shared.errors import DecodeError
 from shared.protocol.tensors import decode_any_tensor, encode_tensor
@@ -46,7 +47,7 @@ def to_plain(value: object) -> object:
     """``value`` (a dataclass instance or any supported value) as msgpack-ready data."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Tensor):
+    if isinstance(value, np.ndarray):
         return encode_tensor(value)
     if isinstance(value, enum.Enum):
         return value.value
@@ -88,14 +89,22 @@ def _decode(hint: Any, data: object, path: str) -> object:
         return _decode_dict(typing.get_args(hint), data, path)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _decode_dataclass(hint, data, path)
-    if hint is Tensor:
-        return decode_any_tensor(data, path, max_elements=_MAX_ELEMENTS)
+    if origin is np.ndarray:
+        return _decode_array(hint, data, path)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         try:
             return hint(data)
         except ValueError:
             raise DecodeError(f"{path}: {data!r} is not a {hint.__name__}") from None
     return _decode_scalar(hint, data, path)
+
+
+def _decode_array(hint: Any, data: object, path: str) -> object:
+    array = decode_any_tensor(data, path, max_elements=_MAX_ELEMENTS)
+    scalar = typing.get_args(typing.get_args(hint)[1])[0]  # NDArray[X] is ndarray[Any, dtype[X]]
+    if scalar is not Any and array.dtype != np.dtype(scalar):
+        raise DecodeError(f"{path}: dtype {array.dtype}, expected {np.dtype(scalar)}")
+    return array
 
 
 def _decode_optional(hint: Any, data: object, path: str) -> object:

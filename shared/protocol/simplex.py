@@ -2,7 +2,7 @@
 
 Each row is normalized in float64, scaled by L and rounded by largest remainders
 (Hamilton's method), so its codes sum exactly to L; dequantization is codes / L in
-float32. :func:`quantize_simplex` and :func:`dequantize_simplex` are the checked tensor
+float32. :func:`quantize_simplex` and :func:`dequantize_simplex` are the checked
 forms; the soft-label codec (:mod:`shared.protocol.softlabels`) uses the numpy kernels
 :func:`quantize_rows`, :func:`dequantize_codes`, :func:`normalize_rows` and
 :func:`float_rows` directly.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from torch import Tensor
+
+from shared.arrays import AnyArray, IndexArray, LabelArray
 
 __all__ = [
     "dequantize_codes",
@@ -24,11 +24,11 @@ __all__ = [
     "quantize_simplex",
 ]
 
-_F32 = npt.NDArray[np.float32]
-_I64 = npt.NDArray[np.int64]
+_F32 = LabelArray
+_I64 = IndexArray
 
 
-def quantize_simplex(probs: Tensor, bits: int) -> Tensor:
+def quantize_simplex(probs: AnyArray, bits: int) -> IndexArray:
     """Sum-preserving quantization of probability rows to ``bits``-bit integer codes.
 
     Each row is normalized (float64), scaled by L = 2**bits - 1 and floored; the missing
@@ -46,12 +46,10 @@ def quantize_simplex(probs: Tensor, bits: int) -> Tensor:
         ValueError: on a bad shape, bits, negative or non-finite values, or an all-zero row.
     """
     _check_bits(bits)
-    return torch.from_numpy(
-        quantize_rows(normalize_rows(float_rows(probs, "probs")), (1 << bits) - 1)
-    )
+    return quantize_rows(normalize_rows(float_rows(probs, "probs")), (1 << bits) - 1)
 
 
-def dequantize_simplex(codes: Tensor, bits: int) -> Tensor:
+def dequantize_simplex(codes: AnyArray, bits: int) -> LabelArray:
     """Codes / L as float32: the exact inverse map of :func:`quantize_simplex`'s grid.
 
     Args:
@@ -66,14 +64,14 @@ def dequantize_simplex(codes: Tensor, bits: int) -> Tensor:
     """
     _check_bits(bits)
     levels = (1 << bits) - 1
-    if codes.dim() != 2 or codes.dtype.is_floating_point or codes.dtype == torch.bool:
-        raise ValueError(f"codes: expected an (N, C) integer tensor, got {codes.dtype}")
-    values = codes.detach().cpu().to(torch.int64).numpy()
+    if codes.ndim != 2 or codes.dtype.kind not in "iu":
+        raise ValueError(f"codes: expected an (N, C) integer array, got {codes.dtype}")
+    values = codes.astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > levels):
         raise ValueError(f"codes: values must lie in [0, {levels}]")
     if np.any(values.sum(axis=1) != levels):
         raise ValueError(f"codes: rows must sum to {levels}")
-    return torch.from_numpy(dequantize_codes(values, levels))
+    return dequantize_codes(values, levels)
 
 
 def quantize_rows(values: npt.NDArray[np.float64], levels: int) -> _I64:
@@ -97,18 +95,18 @@ def dequantize_codes(codes: _I64, levels: int) -> _F32:
     return (codes / levels).astype(np.float32)
 
 
-def float_rows(tensor: Tensor, field: str) -> _F32:
-    """``tensor`` as (N, C) float32 numpy rows, C >= 1.
+def float_rows(array: AnyArray, field: str) -> _F32:
+    """``array`` as (N, C) float32 rows, C >= 1 (the array itself when it is float32).
 
     Raises:
         ValueError: naming ``field``, for a bad shape or dtype, or negative or non-finite
             values.
     """
-    if tensor.dim() != 2 or not tensor.dtype.is_floating_point:
-        raise ValueError(f"{field}: expected an (N, C) float tensor, got {tensor.dtype}")
-    if tensor.shape[1] < 1:
+    if array.ndim != 2 or array.dtype.kind != "f":
+        raise ValueError(f"{field}: expected an (N, C) float array, got {array.dtype}")
+    if array.shape[1] < 1:
         raise ValueError(f"{field}: need at least one class")
-    values = tensor.detach().cpu().to(torch.float32).numpy()
+    values: _F32 = array.astype(np.float32, copy=False)
     if not np.all(np.isfinite(values)) or np.any(values < 0):
         raise ValueError(f"{field}: values must be finite and non-negative")
     return values

@@ -37,9 +37,8 @@ from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from torch import Tensor
 
+from shared.arrays import AnyArray, IndexArray, LabelArray
 from shared.errors import DecodeError, MessageTooLarge
 from shared.protocol.codec_spec import CodecSpec
 from shared.protocol.indexsets import (
@@ -67,8 +66,8 @@ __all__ = [
     "roundtrip",
 ]
 
-_F32 = npt.NDArray[np.float32]
-_I64 = npt.NDArray[np.int64]
+_F32 = LabelArray
+_I64 = IndexArray
 
 _ACCEPT_TOLERANCE = 1e-3  # largest |row sum - 1| accepted from an encoder's float input
 # decoded float rows whose float64 sum is this close to 1 pass unchanged, so f32 is exact
@@ -86,7 +85,7 @@ _F16_ACCEPT_TOLERANCE = 1.5e-3
 
 
 def encode_soft_labels(
-    probs: Tensor, spec: CodecSpec, reference: Tensor | None = None
+    probs: AnyArray, spec: CodecSpec, reference: AnyArray | None = None
 ) -> dict[str, object]:
     """Encode soft labels as a self-describing msgpack-ready map (see the module docstring).
 
@@ -124,10 +123,10 @@ def encode_soft_labels(
 def decode_soft_labels(
     payload: Mapping[str, object],
     *,
-    reference: Tensor | None = None,
+    reference: AnyArray | None = None,
     max_rows: int,
     num_classes: int,
-) -> Tensor:
+) -> LabelArray:
     """Decode and validate a payload of :func:`encode_soft_labels`.
 
     Args:
@@ -161,14 +160,12 @@ def decode_soft_labels(
         raw = decompress_data(data, spec, n * c * itemsize, exact=True)
         values = np.frombuffer(raw, "<f4" if itemsize == 4 else "<f2").astype(np.float32)
         if spec.kind == "f16":
-            return torch.from_numpy(
-                _checked_float_rows(values.reshape(n, c), _F16_ACCEPT_TOLERANCE)
-            )
-        return torch.from_numpy(_finish_rows(_checked_float_rows(values.reshape(n, c))))
-    return torch.from_numpy(_decode_quant(payload, data, spec, n, c, layout, reference))
+            return _checked_float_rows(values.reshape(n, c), _F16_ACCEPT_TOLERANCE)
+        return _finish_rows(_checked_float_rows(values.reshape(n, c)))
+    return _decode_quant(payload, data, spec, n, c, layout, reference)
 
 
-def roundtrip(probs: Tensor, spec: CodecSpec, reference: Tensor | None = None) -> Tensor:
+def roundtrip(probs: AnyArray, spec: CodecSpec, reference: AnyArray | None = None) -> LabelArray:
     """What the receiver decodes, bit for bit, computed without the bytes.
 
     Args:
@@ -185,13 +182,13 @@ def roundtrip(probs: Tensor, spec: CodecSpec, reference: Tensor | None = None) -
     """
     values = _simplex_rows(probs)
     if spec.kind == "f32":
-        return torch.from_numpy(_finish_rows(values.copy()))
+        return _finish_rows(values.copy())
     if spec.kind == "f16":
-        return torch.from_numpy(_half_rows(values).astype(np.float32))
+        return _half_rows(values).astype(np.float32)
     if spec.delta:
         _reference_codes(reference, len(values), values.shape[1], spec.bits, ValueError)
     levels = (1 << spec.bits) - 1
-    return torch.from_numpy(dequantize_codes(quantize_rows(normalize_rows(values), levels), levels))
+    return dequantize_codes(quantize_rows(normalize_rows(values), levels), levels)
 
 
 def _smaller_layout(prefix: bytes, symbols: _I64, spec: CodecSpec) -> dict[str, object]:
@@ -199,7 +196,7 @@ def _smaller_layout(prefix: bytes, symbols: _I64, spec: CodecSpec) -> dict[str, 
     width = spec.bits + spec.delta  # zig-zag deltas lie in [0, 2 L]: one bit more
     nonzero = np.flatnonzero(symbols)
     sparse = _encode(symbols[nonzero] - 1, width)
-    sparse += encode_index_set(torch.from_numpy(nonzero), symbols.size)
+    sparse += encode_index_set(nonzero, symbols.size)
     dense = compress_data(prefix + _encode(symbols, width), spec)
     sparse = compress_data(prefix + sparse, spec)
     if len(dense) <= len(sparse):
@@ -243,7 +240,7 @@ def _decode_quant(
     n: int,
     c: int,
     layout: str,
-    reference: Tensor | None,
+    reference: AnyArray | None,
 ) -> _F32:
     levels, width, count = (1 << spec.bits) - 1, spec.bits + spec.delta, n * (c - 1)
     prefix = 0 if spec.delta else (n * _argmax_bits(c) + 7) // 8
@@ -259,7 +256,7 @@ def _decode_quant(
         raw = decompress_data(data, spec, prefix + packed + 1 + (count + 7) // 8, exact=False)
         symbols = np.zeros(count, dtype=np.int64)
         try:
-            positions = decode_index_set(raw[prefix + packed :], count, max_items=nnz).numpy()
+            positions = decode_index_set(raw[prefix + packed :], count, max_items=nnz)
         except (DecodeError, MessageTooLarge) as error:
             raise DecodeError(f"data: non-zero positions: {error}") from None
         if positions.size != nnz:
@@ -301,7 +298,7 @@ def _zigzag(values: _I64) -> _I64:
 
 
 def _reference_codes(
-    reference: Tensor | None, n: int, c: int, bits: int, error: type[Exception]
+    reference: AnyArray | None, n: int, c: int, bits: int, error: type[Exception]
 ) -> _I64:
     """Quantized reference rows; an earlier decoded value re-quantizes to its own codes."""
     if reference is None:
@@ -350,7 +347,7 @@ def _half_rows(values: _F32) -> npt.NDArray[np.float16]:
     return scaled.astype("<f2")
 
 
-def _simplex_rows(probs: Tensor) -> _F32:
+def _simplex_rows(probs: AnyArray) -> _F32:
     values = float_rows(probs, "probs")
     if np.any(np.abs(values.sum(axis=1, dtype=np.float64) - 1) > _ACCEPT_TOLERANCE):
         raise ValueError(f"probs: rows must sum to 1 within {_ACCEPT_TOLERANCE}")
@@ -369,11 +366,11 @@ def _argmax_bits(c: int) -> int:
 
 
 def _encode(values: _I64, width: int) -> bytes:
-    return encode_codes(torch.from_numpy(values), width)
+    return encode_codes(values, width)
 
 
 def _decode(raw: bytes, width: int, count: int) -> _I64:
     try:
-        return decode_codes(raw, width, count).numpy()
+        return decode_codes(raw, width, count)
     except DecodeError as error:
         raise DecodeError(f"data: {error}") from None

@@ -1,4 +1,9 @@
-"""Tensors as raw little-endian bytes with dtype and shape: no pickle, no torch.load."""
+"""Arrays as raw little-endian bytes with dtype and shape: no pickle, no torch.load.
+
+An encoded array ("tensor map") is ``{"dtype": "<f4", "shape": [n, c], "data": b"..."}``;
+the arrays are numpy (:mod:`shared.arrays`), so that no process needs torch to read or
+write one. Model state dicts convert at the model's edge (:mod:`shared.models.arrays`).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,8 @@ from collections.abc import Mapping
 
 import msgpack
 import numpy as np
-import torch
-from torch import Tensor
 
+from shared.arrays import AnyArray
 from shared.errors import DecodeError
 
 __all__ = [
@@ -20,33 +24,27 @@ __all__ = [
     "encode_tensor_map",
 ]
 
-_DTYPES: dict[str, tuple[np.dtype[np.generic], torch.dtype]] = {
-    "<f4": (np.dtype("<f4"), torch.float32),
-    "<f2": (np.dtype("<f2"), torch.float16),
-    "<i8": (np.dtype("<i8"), torch.int64),
-    "<i4": (np.dtype("<i4"), torch.int32),
-    "|u1": (np.dtype("|u1"), torch.uint8),
-    "|i1": (np.dtype("|i1"), torch.int8),
+_DTYPES: dict[str, np.dtype[np.generic]] = {
+    name: np.dtype(name) for name in ("<f4", "<f2", "<i8", "<i4", "|u1", "|i1")
 }
-_BY_TORCH = {t: name for name, (_, t) in _DTYPES.items()}
 
 
-def encode_tensor(tensor: Tensor) -> dict[str, object]:
-    """Describe a CPU tensor as ``{"dtype", "shape", "data"}`` (raw little-endian bytes).
+def encode_tensor(array: AnyArray) -> dict[str, object]:
+    """Describe an array as ``{"dtype", "shape", "data"}`` (raw little-endian bytes).
 
     Raises:
         ValueError: for a dtype outside float32/float16/int64/int32/uint8/int8.
     """
-    name = _BY_TORCH.get(tensor.dtype)
-    if name is None:
-        raise ValueError(f"cannot encode tensors of dtype {tensor.dtype}")
-    array = tensor.detach().cpu().contiguous().numpy().astype(_DTYPES[name][0], copy=False)
-    return {"dtype": name, "shape": list(tensor.shape), "data": array.tobytes()}
+    name = array.dtype.newbyteorder("<").str
+    if name not in _DTYPES:
+        raise ValueError(f"cannot encode arrays of dtype {array.dtype}")
+    data = np.ascontiguousarray(array, dtype=_DTYPES[name]).tobytes()
+    return {"dtype": name, "shape": list(array.shape), "data": data}
 
 
 def decode_tensor(
     obj: object, field: str, *, dtype: str, shape: tuple[int | None, ...], max_elements: int
-) -> Tensor:
+) -> AnyArray:
     """Decode and validate a tensor map produced by :func:`encode_tensor`.
 
     Args:
@@ -76,22 +74,22 @@ def decode_tensor(
     count = math.prod(got)
     if count > max_elements:
         raise DecodeError(f"{field}: {count} elements exceed the limit of {max_elements}")
-    np_dtype, torch_dtype = _DTYPES[dtype]
+    np_dtype = _DTYPES[dtype]
     data = obj["data"]
     if not isinstance(data, bytes) or len(data) != count * np_dtype.itemsize:
         raise DecodeError(f"{field}: data holds the wrong number of bytes for shape {list(got)}")
-    array = np.frombuffer(data, dtype=np_dtype).reshape(got)
-    return torch.from_numpy(array.astype(np_dtype.newbyteorder("="), copy=True)).to(torch_dtype)
+    # a fresh, writable, native-order array: the bytes object stays read-only
+    return np.frombuffer(data, dtype=np_dtype).reshape(got).astype(np_dtype.newbyteorder("="))
 
 
-def encode_tensor_map(tensors: Mapping[str, Tensor]) -> bytes:
-    """Pack a name → tensor map (a model state dict, a replica) into msgpack bytes."""
+def encode_tensor_map(tensors: Mapping[str, AnyArray]) -> bytes:
+    """Pack a name → array map (a model state dict, a replica) into msgpack bytes."""
     packed = msgpack.packb({k: encode_tensor(v) for k, v in tensors.items()}, use_bin_type=True)
     assert isinstance(packed, bytes)
     return packed
 
 
-def decode_tensor_map(data: bytes, *, max_elements: int = 2**34) -> dict[str, Tensor]:
+def decode_tensor_map(data: bytes, *, max_elements: int = 2**34) -> dict[str, AnyArray]:
     """Inverse of :func:`encode_tensor_map`; validates every entry.
 
     Raises:
@@ -103,7 +101,7 @@ def decode_tensor_map(data: bytes, *, max_elements: int = 2**34) -> dict[str, Te
         raise DecodeError(f"tensor map: not valid msgpack ({type(e).__name__})") from None
     if not isinstance(doc, dict):
         raise DecodeError("tensor map: expected a map")
-    out: dict[str, Tensor] = {}
+    out: dict[str, AnyArray] = {}
     for name, obj in doc.items():
         if not isinstance(obj, Mapping) or not isinstance(obj.get("shape"), list):
             raise DecodeError(f"tensor map: entry {name!r} is not a tensor")
@@ -113,7 +111,7 @@ def decode_tensor_map(data: bytes, *, max_elements: int = 2**34) -> dict[str, Te
     return out
 
 
-def decode_any_tensor(obj: object, field: str, *, max_elements: int) -> Tensor:
+def decode_any_tensor(obj: object, field: str, *, max_elements: int) -> AnyArray:
     """Decode a tensor map of any supported dtype and rank (for trusted local state).
 
     Raises:

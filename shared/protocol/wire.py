@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Final, TypeGuard
 
 import msgpack
-from torch import Tensor
 
+from shared.arrays import IndexArray
 from shared.digests import is_digest
 from shared.errors import DecodeError, MessageTooLarge, UnsupportedVersion
 
@@ -177,6 +177,6 @@ def safe_name_field(value: object, field: str) -> str:
     return value
 
 
-def is_ascending(indices: Tensor) -> bool:
-    """Whether a (n,) index tensor is strictly ascending (true for n < 2)."""
-    return indices.numel() < 2 or bool((indices[1:] > indices[:-1]).all())
+def is_ascending(indices: IndexArray) -> bool:
+    """Whether a (n,) index array is strictly ascending (true for n < 2)."""
+    return indices.size < 2 or bool((indices[1:] > indices[:-1]).all())

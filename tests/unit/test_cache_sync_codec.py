@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 
 import msgpack
+import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,9 +32,10 @@ REQUEST_ID = "0123456789abcdef0123456789abcdef"
 DIGEST = "ab" * 32
 
 
-def _labels(n: int, seed: int = 0) -> torch.Tensor:
-    logits = torch.randn(n, C, generator=torch.Generator().manual_seed(seed)) * 3
-    return torch.softmax(logits, dim=1)
+def _labels(n: int, seed: int = 0) -> np.ndarray:
+    logits = np.random.default_rng(seed).standard_normal((n, C)) * 3
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _request(since: int | None = 7) -> CacheSyncRequest:
@@ -48,10 +49,10 @@ def _response(full: bool = False) -> CacheSyncResponse:
         version=5,
         digest=DIGEST,
         full=full,
-        indices=torch.tensor([1, 4, 9, 30]),
-        written=torch.tensor([0, 2, 4, 4]),
+        indices=np.array([1, 4, 9, 30]),
+        written=np.array([0, 2, 4, 4]),
         labels=_labels(4),
-        cleared=torch.empty(0, dtype=torch.int64) if full else torch.tensor([2, 49]),
+        cleared=np.empty(0, dtype=np.int64) if full else np.array([2, 49]),
     )
 
 
@@ -66,7 +67,7 @@ def _assert_responses_equal(a: CacheSyncResponse, b: CacheSyncResponse) -> None:
     )
     for name in ("indices", "written", "labels", "cleared"):
         x, y = getattr(a, name), getattr(b, name)
-        assert x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y), name
+        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
 
 
 def _mutate(body: bytes, **changes: object) -> bytes:
@@ -77,8 +78,8 @@ def _mutate(body: bytes, **changes: object) -> bytes:
     return packed
 
 
-def _tensor(values: object, dtype: torch.dtype = torch.int64) -> dict[str, object]:
-    return encode_tensor(torch.tensor(values, dtype=dtype))
+def _tensor(values: object, dtype: type = np.int64) -> dict[str, object]:
+    return encode_tensor(np.array(values, dtype=dtype))
 
 
 # ---------------------------------------------------------------------- round trips
@@ -98,20 +99,20 @@ def test_a_response_survives_encoding_and_decoding_bit_exactly(full: bool):
 
 def test_labels_just_off_the_simplex_are_not_renormalized():
     # Given a row that sums to 1 + 5e-6 (inside tolerance, outside float32 rounding)
-    labels = torch.tensor([[0.25, 0.25, 0.25, 0.250005]], dtype=torch.float32)
+    labels = np.array([[0.25, 0.25, 0.25, 0.250005]], dtype=np.float32)
     response = CacheSyncResponse(
-        RUN, REQUEST_ID, 1, DIGEST, True, torch.tensor([3]), torch.tensor([0]), labels,
-        torch.empty(0, dtype=torch.int64),
+        RUN, REQUEST_ID, 1, DIGEST, True, np.array([3]), np.array([0]), labels,
+        np.empty(0, dtype=np.int64),
     )  # fmt: skip
     # When / Then: the bits survive (a replica digest depends on them)
     got = decode_sync_response(encode_sync_response(response), LIMITS)
-    assert torch.equal(got.labels, labels)
+    assert np.array_equal(got.labels, labels)
 
 
 def test_an_empty_snapshot_survives_encoding_and_decoding():
-    empty = torch.empty(0, dtype=torch.int64)
+    empty = np.empty(0, dtype=np.int64)
     response = CacheSyncResponse(
-        RUN, REQUEST_ID, 0, DIGEST, True, empty, empty, torch.empty(0, C), empty
+        RUN, REQUEST_ID, 0, DIGEST, True, empty, empty, np.empty((0, C), dtype=np.float32), empty
     )
     _assert_responses_equal(decode_sync_response(encode_sync_response(response), LIMITS), response)
 
@@ -170,18 +171,24 @@ RESPONSE_CASES = {
     "indices_negative": ({"indices": _tensor([-1, 4, 9, 30])}, "indices"),
     "indices_duplicate": ({"indices": _tensor([1, 4, 4, 30])}, "indices"),
     "indices_descending": ({"indices": _tensor([30, 9, 4, 1])}, "indices"),
-    "indices_int32": ({"indices": _tensor([1, 4, 9, 30], torch.int32)}, "indices"),
+    "indices_int32": ({"indices": _tensor([1, 4, 9, 30], np.int32)}, "indices"),
     "written_negative": ({"written": _tensor([0, -1, 4, 4])}, "written"),
     "written_wrong_length": ({"written": _tensor([0, 2, 4])}, "written"),
     "labels_wrong_rows": ({"labels": encode_tensor(_labels(3))}, "labels"),
-    "labels_wrong_classes": ({"labels": encode_tensor(torch.full((4, 5), 0.2))}, "labels"),
-    "labels_nan": ({"labels": encode_tensor(torch.full((4, C), float("nan")))}, "labels"),
-    "labels_negative": (
-        {"labels": _tensor([[1.5, -0.5, 0.0, 0.0]] * 4, torch.float32)},
+    "labels_wrong_classes": (
+        {"labels": encode_tensor(np.full((4, 5), 0.2, dtype=np.float32))},
         "labels",
     ),
-    "labels_not_summing_to_one": ({"labels": encode_tensor(torch.full((4, C), 0.3))}, "labels"),
-    "labels_float16": ({"labels": encode_tensor(_labels(4).half())}, "labels"),
+    "labels_nan": ({"labels": encode_tensor(np.full((4, C), np.nan, dtype=np.float32))}, "labels"),
+    "labels_negative": (
+        {"labels": _tensor([[1.5, -0.5, 0.0, 0.0]] * 4, np.float32)},
+        "labels",
+    ),
+    "labels_not_summing_to_one": (
+        {"labels": encode_tensor(np.full((4, C), 0.3, dtype=np.float32))},
+        "labels",
+    ),
+    "labels_float16": ({"labels": encode_tensor(_labels(4).astype(np.float16))}, "labels"),
     "labels_bad_bytes": (
         {"labels": {"dtype": "<f4", "shape": [4, C], "data": b"\x00" * 3}},
         "labels",

@@ -2,8 +2,8 @@ import contextlib
 import math
 
 import msgpack
+import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,8 +24,13 @@ LIMITS = DecodeLimits(public_size=P, num_classes=4)
 SPECS = ["f32", "f16", "q8", "q8+zstd", "q4+zstd", "q2"]
 
 
-def _probs(n: int, seed: int = 0) -> torch.Tensor:
-    return torch.softmax(torch.randn(n, 4, generator=torch.Generator().manual_seed(seed)) * 3, -1)
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _probs(n: int, seed: int = 0) -> np.ndarray:
+    return _softmax(np.random.default_rng(seed).standard_normal((n, 4)) * 3)
 
 
 def _task(signals=(1, 2, 0), indices=(4, 7, 3)) -> TrainTask:
@@ -34,18 +39,16 @@ def _task(signals=(1, 2, 0), indices=(4, 7, 3)) -> TrainTask:
         run_id="r1",
         round=3,
         client_id=2,
-        request_indices=torch.tensor([1, 5, 9]),
-        targets=DistillTargets(2, torch.tensor(indices), torch.tensor(signals), _probs(fresh)),
-        catch_up=CatchUp(
-            torch.tensor([30, 3]), _probs(2, 1), torch.tensor([1, 0]), torch.tensor([8])
-        ),
+        request_indices=np.array([1, 5, 9]),
+        targets=DistillTargets(2, np.array(indices), np.array(signals), _probs(fresh)),
+        catch_up=CatchUp(np.array([30, 3]), _probs(2, 1), np.array([1, 0]), np.array([8])),
         cache_version=2,
         targets_digest="ab" * 32,
     )
 
 
 def _upload() -> SoftLabelUpload:
-    return SoftLabelUpload("r1", 3, 2, torch.tensor([1, 5, 9]), _probs(3), 0.25, math.nan)
+    return SoftLabelUpload("r1", 3, 2, np.array([1, 5, 9]), _probs(3), 0.25, math.nan)
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -60,25 +63,25 @@ def test_a_task_survives_encoding_within_the_codec_bound(spec):
         2,
         "ab" * 32,
     )
-    assert torch.equal(got.request_indices, task.request_indices)
+    assert np.array_equal(got.request_indices, task.request_indices)
     assert got.targets is not None and task.targets is not None
-    assert torch.equal(got.targets.indices, task.targets.indices)
+    assert np.array_equal(got.targets.indices, task.targets.indices)
     assert got.targets.signals is not None
-    assert torch.equal(got.targets.signals, task.targets.signals)
+    assert np.array_equal(got.targets.signals, task.targets.signals)
     # decoded labels are exactly the codec's round trip (what the server cached)
-    assert torch.equal(got.targets.fresh_labels, roundtrip(task.targets.fresh_labels, codec))
+    assert np.array_equal(got.targets.fresh_labels, roundtrip(task.targets.fresh_labels, codec))
     assert got.catch_up is not None
-    assert torch.equal(got.catch_up.update_indices, torch.tensor([30, 3]))
-    assert torch.equal(got.catch_up.clear_indices, torch.tensor([8]))
-    assert torch.equal(got.catch_up.update_written, torch.tensor([1, 0]))
+    assert np.array_equal(got.catch_up.update_indices, np.array([30, 3]))
+    assert np.array_equal(got.catch_up.clear_indices, np.array([8]))
+    assert np.array_equal(got.catch_up.update_written, np.array([1, 0]))
 
 
 def test_targets_in_an_unusual_order_still_round_trip_through_the_list_layout():
     task = _task(signals=(0, 1, 2), indices=(9, 2, 5))
     got = decode_task(encode_task(task, F32, public_size=P), LIMITS)
     assert got.targets is not None and task.targets is not None
-    assert torch.equal(got.targets.indices, task.targets.indices)
-    assert torch.equal(got.targets.signals, task.targets.signals)
+    assert np.array_equal(got.targets.indices, task.targets.indices)
+    assert np.array_equal(got.targets.signals, task.targets.signals)
 
 
 def test_dsfl_targets_without_signals_round_trip():
@@ -86,15 +89,15 @@ def test_dsfl_targets_without_signals_round_trip():
         "r1",
         1,
         0,
-        torch.tensor([2, 3]),
-        DistillTargets(0, torch.tensor([5, 1]), None, _probs(2)),
+        np.array([2, 3]),
+        DistillTargets(0, np.array([5, 1]), None, _probs(2)),
         None,
         0,
     )
     got = decode_task(encode_task(task, F32, public_size=P), LIMITS)
     assert got.targets is not None and got.targets.signals is None
-    assert torch.equal(got.targets.indices, torch.tensor([5, 1]))
-    assert torch.equal(got.targets.fresh_labels, _probs(2))
+    assert np.array_equal(got.targets.indices, np.array([5, 1]))
+    assert np.array_equal(got.targets.fresh_labels, _probs(2))
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -102,18 +105,18 @@ def test_an_upload_survives_encoding_and_f32_is_exact(spec):
     up = _upload()
     codec = CodecSpec.parse(spec)
     got = decode_upload(encode_upload(up, codec, public_size=P), LIMITS)
-    assert torch.equal(got.indices, up.indices)
+    assert np.array_equal(got.indices, up.indices)
     assert got.train_loss == 0.25 and math.isnan(got.client_accuracy)
-    assert torch.equal(got.soft_labels, roundtrip(up.soft_labels, codec))
-    assert (got.soft_labels - up.soft_labels).abs().max() <= codec.max_abs_error(4)
+    assert np.array_equal(got.soft_labels, roundtrip(up.soft_labels, codec))
+    assert np.abs(got.soft_labels - up.soft_labels).max() <= codec.max_abs_error(4)
     if spec == "f32":
-        assert torch.equal(got.soft_labels, up.soft_labels)
+        assert np.array_equal(got.soft_labels, up.soft_labels)
 
 
 def test_the_compact_encoding_is_far_smaller_than_float32():
-    g = torch.Generator().manual_seed(0)
-    idx = torch.sort(torch.randperm(10_000, generator=g)[:1000]).values
-    labels = torch.softmax(torch.randn(1000, 10, generator=g) * 4, -1)
+    g = np.random.default_rng(0)
+    idx = np.sort(g.permutation(10_000)[:1000])
+    labels = _softmax(g.standard_normal((1000, 10)) * 4)
     up = SoftLabelUpload("r1", 0, 0, idx, labels, 0.1, 0.5)
     f32 = len(encode_upload(up, F32, public_size=10_000))
     q8 = len(encode_upload(up, CodecSpec.parse("q8+zstd"), public_size=10_000))
@@ -160,7 +163,7 @@ def test_out_of_range_indices_and_label_row_mismatches_are_refused():
         body,
         indices=msgpack.unpackb(
             encode_upload(
-                SoftLabelUpload("r1", 3, 2, torch.tensor([1, 5, 500]), _probs(3), 0.1, 0.5),
+                SoftLabelUpload("r1", 3, 2, np.array([1, 5, 500]), _probs(3), 0.1, 0.5),
                 F32,
                 public_size=1000,
             )
@@ -170,7 +173,7 @@ def test_out_of_range_indices_and_label_row_mismatches_are_refused():
         decode_upload(bad, LIMITS)
     two_rows = msgpack.unpackb(
         encode_upload(
-            SoftLabelUpload("r1", 3, 2, torch.tensor([1, 5]), _probs(2), 0.1, 0.5),
+            SoftLabelUpload("r1", 3, 2, np.array([1, 5]), _probs(2), 0.1, 0.5),
             F32,
             public_size=P,
         )
@@ -181,7 +184,7 @@ def test_out_of_range_indices_and_label_row_mismatches_are_refused():
 
 def test_labels_off_the_simplex_are_refused():
     labels = msgpack.unpackb(_upload_body())["labels"]
-    labels["data"] = (_probs(3) * 2).numpy().astype("<f4").tobytes()
+    labels["data"] = (_probs(3) * 2).astype("<f4").tobytes()
     with pytest.raises(DecodeError, match="labels"):
         decode_upload(_mutate(_upload_body(), labels=labels), LIMITS)
 

@@ -4,7 +4,6 @@ import tracemalloc
 import msgpack
 import numpy as np
 import pytest
-import torch
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,8 +29,19 @@ SPECIAL_ROWS = ("one_hot", "uniform", "tiny", "tie", "subnormal")
 PROTOCOL_ERRORS = (DecodeError, MessageTooLarge)
 
 
-def _special_row(kind: str, c: int, row: int) -> torch.Tensor:
-    values = torch.zeros(c)
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 softmax rows, as a model's output layer computes them."""
+    x = np.asarray(logits, dtype=np.float32)
+    z = np.exp(x - x.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _randn(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _special_row(kind: str, c: int, row: int) -> np.ndarray:
+    values = np.zeros(c, dtype=np.float32)
     if kind == "one_hot":
         values[row % c] = 1.0
     elif kind == "uniform":
@@ -45,24 +55,23 @@ def _special_row(kind: str, c: int, row: int) -> torch.Tensor:
 
 
 @st.composite
-def soft_labels(draw, max_rows: int = 24, max_classes: int = 12) -> torch.Tensor:
+def soft_labels(draw, max_rows: int = 24, max_classes: int = 12) -> np.ndarray:
     """Softmax rows of arbitrary logits, some replaced by adversarial rows."""
     n = draw(st.integers(0, max_rows))
     c = draw(st.integers(1, max_classes))
     logits = draw(arrays(np.float32, (n, c), elements=st.floats(-40, 40, width=32)))
-    probs = torch.softmax(torch.from_numpy(logits), dim=1)
+    probs = _softmax(logits)
     kinds = draw(st.lists(st.sampled_from(SPECIAL_ROWS), max_size=n))
     for row, kind in enumerate(kinds):
         probs[row] = _special_row(kind, c, row)
     return probs
 
 
-def _reference_for(probs: torch.Tensor, spec: CodecSpec, seed: int) -> torch.Tensor | None:
+def _reference_for(probs: np.ndarray, spec: CodecSpec, seed: int) -> np.ndarray | None:
     """A previously decoded value of the same shape, as the synchronized cache holds it."""
     if not spec.delta:
         return None
-    generator = torch.Generator().manual_seed(seed)
-    earlier = torch.softmax(torch.randn(probs.shape, generator=generator) * 4, dim=1)
+    earlier = _softmax(_randn(probs.shape, seed) * 4)
     return roundtrip(0.5 * earlier + 0.5 * probs, spec)
 
 
@@ -136,9 +145,9 @@ def test_quantized_rows_sum_exactly_to_the_level_count_and_match_the_naive_metho
     # When
     codes = quantize_simplex(probs, bits)
     # Then
-    assert codes.dtype == torch.int64
-    assert torch.all(codes.sum(dim=1) == levels)
-    expected = [_naive_quantize(row, levels) for row in probs.double().tolist()]
+    assert codes.dtype == np.int64
+    assert np.all(codes.sum(axis=1) == levels)
+    expected = [_naive_quantize(row, levels) for row in probs.astype(np.float64).tolist()]
     assert codes.tolist() == expected
 
 
@@ -146,29 +155,29 @@ def test_quantized_rows_sum_exactly_to_the_level_count_and_match_the_naive_metho
 @given(probs=soft_labels(), bits=st.integers(2, 8))
 def test_every_code_is_within_one_level_of_the_scaled_probability(probs, bits):
     levels = 2**bits - 1
-    exact = probs.double() / probs.double().sum(dim=1, keepdim=True)
-    error = (quantize_simplex(probs, bits).double() / levels - exact).abs()
-    assert torch.all(error < 1 / levels)
+    exact = probs.astype(np.float64) / probs.astype(np.float64).sum(axis=1, keepdims=True)
+    error = np.abs(quantize_simplex(probs, bits) / levels - exact)
+    assert np.all(error < 1 / levels)
 
 
 @settings(max_examples=40, deadline=None)
 @given(probs=soft_labels(), bits=st.integers(2, 8))
 def test_quantizing_dequantized_codes_gives_the_same_codes(probs, bits):
     codes = quantize_simplex(probs, bits)
-    assert torch.equal(quantize_simplex(dequantize_simplex(codes, bits), bits), codes)
+    assert np.array_equal(quantize_simplex(dequantize_simplex(codes, bits), bits), codes)
 
 
 def test_ties_go_to_the_lower_class_index():
-    uniform = torch.full((1, 4), 0.25)
+    uniform = np.full((1, 4), 0.25, dtype=np.float32)
     assert quantize_simplex(uniform, 2).tolist() == [[1, 1, 1, 0]]
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_adversarial_rows_quantize_onto_the_simplex(bits):
     levels = 2**bits - 1
-    rows = torch.stack([_special_row(kind, 7, 3) for kind in SPECIAL_ROWS])
+    rows = np.stack([_special_row(kind, 7, 3) for kind in SPECIAL_ROWS])
     codes = quantize_simplex(rows, bits)
-    assert torch.all(codes.sum(dim=1) == levels)
+    assert np.all(codes.sum(axis=1) == levels)
     assert codes[0].tolist() == [0, 0, 0, levels, 0, 0, 0]  # one-hot stays one-hot
     assert codes[2].tolist() == [0, 0, 0, levels, 0, 0, 0]  # 1e-30 entries become 0
 
@@ -176,10 +185,10 @@ def test_adversarial_rows_quantize_onto_the_simplex(bits):
 @pytest.mark.parametrize(
     "probs",
     [
-        torch.zeros(2, 3),
-        torch.tensor([[0.5, float("nan")]]),
-        torch.tensor([[1.5, -0.5]]),
-        torch.ones(3),
+        np.zeros((2, 3), dtype=np.float32),
+        np.array([[0.5, np.nan]], dtype=np.float32),
+        np.array([[1.5, -0.5]], dtype=np.float32),
+        np.ones(3, dtype=np.float32),
     ],
 )
 def test_quantizing_rows_that_are_not_distributions_raises_value_error(probs):
@@ -189,9 +198,9 @@ def test_quantizing_rows_that_are_not_distributions_raises_value_error(probs):
 
 def test_dequantizing_codes_off_the_grid_raises_value_error():
     with pytest.raises(ValueError):
-        dequantize_simplex(torch.tensor([[3, 1]]), 2)  # sums to 4, not 3
+        dequantize_simplex(np.array([[3, 1]]), 2)  # sums to 4, not 3
     with pytest.raises(ValueError):
-        dequantize_simplex(torch.tensor([[4, -1]]), 2)
+        dequantize_simplex(np.array([[4, -1]]), 2)
 
 
 # -- round trips -----------------------------------------------------------------------
@@ -208,19 +217,19 @@ def test_every_codec_round_trips_within_its_documented_bound(text, probs, seed):
     # When
     decoded = _decode(encode_soft_labels(probs, spec, reference), n, c, reference)
     # Then
-    assert decoded.dtype == torch.float32 and decoded.shape == (n, c)
-    assert torch.all(decoded >= 0)
+    assert decoded.dtype == np.float32 and decoded.shape == (n, c)
+    assert np.all(decoded >= 0)
     if spec.kind == "f16":  # exact half-precision values, not renormalized
-        offset = (probs.double().sum(dim=1) - 1).abs()
+        offset = np.abs(probs.sum(axis=1, dtype=np.float64) - 1)
         sum_error = offset * (offset <= 6e-4) + 2**-11 + c * 2**-25 + 1e-7
     else:
-        sum_error = torch.full((n,), 1e-6, dtype=torch.float64)
-    assert torch.all((decoded.double().sum(dim=1) - 1).abs() <= sum_error)
-    assert torch.all((decoded - probs).abs() <= spec.max_abs_error(c))
-    assert torch.equal(decoded, roundtrip(probs, spec, reference))
+        sum_error = np.full(n, 1e-6)
+    assert np.all(np.abs(decoded.sum(axis=1, dtype=np.float64) - 1) <= sum_error)
+    assert np.all(np.abs(decoded - probs) <= spec.max_abs_error(c))
+    assert np.array_equal(decoded, roundtrip(probs, spec, reference))
     if spec.kind == "f32":  # exact for every row whose float64 sum is within 1e-6 of 1
-        on_simplex = (probs.double().sum(dim=1) - 1).abs() <= 1e-6
-        assert torch.equal(decoded[on_simplex], probs[on_simplex])
+        on_simplex = np.abs(probs.sum(axis=1, dtype=np.float64) - 1) <= 1e-6
+        assert np.array_equal(decoded[on_simplex], probs[on_simplex])
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
@@ -228,27 +237,27 @@ def test_every_codec_round_trips_within_its_documented_bound(text, probs, seed):
 def test_a_delta_against_the_same_rows_decodes_exactly_and_costs_a_few_bytes(bits, entropy):
     # Given: the receiver already holds exactly what it would decode
     spec = CodecSpec.parse(f"q{bits}+delta{entropy}")
-    probs = torch.softmax(torch.randn(1000, 10, generator=torch.Generator().manual_seed(1)), 1)
+    probs = _softmax(_randn((1000, 10), 1))
     reference = roundtrip(probs, spec)
     # When
     payload = encode_soft_labels(probs, spec, reference)
     decoded = _decode(payload, 1000, 10, reference)
     # Then: 1,000 rows in at most 16 data bytes, 80 bytes for the whole map
-    assert torch.equal(decoded, reference)
+    assert np.array_equal(decoded, reference)
     assert len(payload["data"]) <= 16
     assert len(msgpack.packb(payload)) <= 80
 
 
 def test_delta_without_a_reference_codes_against_uniform_rows():
     spec = CodecSpec.parse("q8+delta")
-    uniform = torch.full((5, 4), 0.25)
+    uniform = np.full((5, 4), 0.25, dtype=np.float32)
     payload = encode_soft_labels(uniform, spec)
     assert payload["layout"] == "sparse" and payload["nnz"] == 0
-    assert torch.equal(_decode(payload, 5, 4), roundtrip(uniform, spec))
+    assert np.array_equal(_decode(payload, 5, 4), roundtrip(uniform, spec))
 
 
 def test_payload_describes_itself_with_msgpack_ready_values():
-    probs = torch.softmax(torch.randn(3, 5, generator=torch.Generator().manual_seed(0)), 1)
+    probs = _softmax(_randn((3, 5), 0))
     payload = encode_soft_labels(probs, CodecSpec.parse("q6+zstd"))
     assert payload["spec"] == "q6+zstd" and payload["n"] == 3 and payload["c"] == 5
     assert all(type(value) in (int, str, bytes) for value in payload.values())
@@ -256,10 +265,10 @@ def test_payload_describes_itself_with_msgpack_ready_values():
 
 def test_peaked_soft_labels_compress_far_below_float32():
     # Given: 1,000 confident predictions over 10 classes
-    generator = torch.Generator().manual_seed(2)
-    logits = torch.randn(1000, 10, generator=generator)
-    logits[torch.arange(1000), torch.randint(0, 10, (1000,), generator=generator)] += 8
-    probs = torch.softmax(logits, dim=1)
+    generator = np.random.default_rng(2)
+    logits = generator.standard_normal((1000, 10))
+    logits[np.arange(1000), generator.integers(0, 10, 1000)] += 8
+    probs = _softmax(logits)
     # When
     size = len(msgpack.packb(encode_soft_labels(probs, CodecSpec.parse("q8+zstd"))))
     # Then: under 6 bytes per row against 40 for float32
@@ -269,10 +278,10 @@ def test_peaked_soft_labels_compress_far_below_float32():
 @pytest.mark.parametrize(
     "probs",
     [
-        torch.tensor([[0.5, 0.4]]),
-        torch.tensor([[0.5, float("inf")]]),
-        torch.ones(3),
-        torch.tensor([[1, 0]]),
+        np.array([[0.5, 0.4]], dtype=np.float32),
+        np.array([[0.5, np.inf]], dtype=np.float32),
+        np.ones(3, dtype=np.float32),
+        np.array([[1, 0]]),
     ],
 )
 def test_encoding_rows_off_the_simplex_raises_value_error(probs):
@@ -282,14 +291,18 @@ def test_encoding_rows_off_the_simplex_raises_value_error(probs):
 
 def test_a_reference_of_the_wrong_shape_raises_value_error_when_encoding():
     with pytest.raises(ValueError, match="reference"):
-        encode_soft_labels(torch.full((2, 2), 0.5), CodecSpec.parse("q8+delta"), torch.ones(3, 2))
+        encode_soft_labels(
+            np.full((2, 2), 0.5, dtype=np.float32),
+            CodecSpec.parse("q8+delta"),
+            np.ones((3, 2), dtype=np.float32),
+        )
 
 
 # -- hostile payloads ------------------------------------------------------------------
 
 
 def _valid_payload(text: str = "q8+zstd", n: int = 10, c: int = 10) -> dict[str, object]:
-    probs = torch.softmax(torch.randn(n, c, generator=torch.Generator().manual_seed(4)) * 3, 1)
+    probs = _softmax(_randn((n, c), 4) * 3)
     return encode_soft_labels(probs, CodecSpec.parse(text))
 
 
@@ -299,9 +312,9 @@ def _check_decodes_or_rejects(payload, n, c, reference=None):
     except PROTOCOL_ERRORS:
         return
     assert decoded.shape[1] == c and decoded.shape[0] <= n
-    assert torch.all(decoded >= 0)
+    assert np.all(decoded >= 0)
     sum_error = 1.5e-3 if str(payload.get("spec", "")).startswith("f16") else 1e-6
-    assert torch.all((decoded.double().sum(dim=1) - 1).abs() <= sum_error)
+    assert np.all(np.abs(decoded.sum(axis=1, dtype=np.float64) - 1) <= sum_error)
 
 
 field_values = st.one_of(
@@ -334,7 +347,7 @@ def test_random_maps_raise_only_protocol_errors(payload):
 def test_mutated_valid_payloads_raise_only_protocol_errors(data, text, seed):
     # Given a valid payload for 8 x 5 soft labels
     spec = CodecSpec.parse(text)
-    probs = torch.softmax(torch.randn(8, 5, generator=torch.Generator().manual_seed(seed)) * 3, 1)
+    probs = _softmax(_randn((8, 5), seed) * 3)
     reference = _reference_for(probs, spec, seed)
     payload = dict(encode_soft_labels(probs, spec, reference))
     raw = bytearray(payload["data"])
@@ -372,7 +385,9 @@ def test_a_wrong_class_count_is_rejected():
 def test_a_reference_of_the_wrong_shape_is_rejected_when_decoding():
     payload = _valid_payload("q8+delta")
     with pytest.raises(DecodeError, match="reference"):
-        decode_soft_labels(payload, reference=torch.full((3, 10), 0.1), max_rows=10, num_classes=10)
+        decode_soft_labels(
+            payload, reference=np.full((3, 10), 0.1, dtype=np.float32), max_rows=10, num_classes=10
+        )
 
 
 def _fails_fast_and_small(payload, message):
@@ -446,10 +461,11 @@ def test_float_rows_that_are_not_distributions_are_rejected(text, row, problem):
 
 
 def test_a_float32_softmax_row_1e_minus_6_off_passes_unchanged():
-    # torch's float32 softmax: this row's float64 sum is 1 - 5.5e-7
-    probs = torch.softmax(torch.tensor([[12.0] + [0.0] * 10]), dim=1)
+    # torch's float32 softmax of [12, 0, ..., 0] (11 classes): its float64 sum is 1 - 5.5e-7
+    probs = np.array([[0.9999380111694336] + [6.14383134234231e-06] * 10], dtype=np.float32)
+    assert abs(probs.sum(dtype=np.float64) - 1 + 5.5e-7) < 1e-9
     payload = encode_soft_labels(probs, CodecSpec.parse("f32"))
-    assert torch.equal(decode_soft_labels(payload, max_rows=1, num_classes=11), probs)
+    assert np.array_equal(decode_soft_labels(payload, max_rows=1, num_classes=11), probs)
 
 
 def test_float_rows_slightly_off_are_renormalized():
@@ -461,4 +477,4 @@ def test_float_rows_slightly_off_are_renormalized():
         "data": np.array([0.5, 0.5004], dtype="<f4").tobytes(),
     }
     decoded = decode_soft_labels(payload, max_rows=1, num_classes=2)
-    assert abs(decoded.double().sum().item() - 1) <= 1e-6
+    assert abs(decoded.sum(dtype=np.float64) - 1) <= 1e-6

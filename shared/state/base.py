@@ -17,6 +17,7 @@ packing kit (:mod:`shared.state.packing`) so that they agree byte for byte.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -112,6 +113,18 @@ class FederationStore(Protocol):
         Returns:
             True iff the upload was newly recorded; False for a duplicate (the first
             body is kept unchanged). The idempotency key is ``(run, round, client)``.
+        """
+        ...
+
+    def record_uploads(self, uploads: Sequence[tuple[int, int, bytes]]) -> list[bool]:
+        """:meth:`record_upload` for each ``(round, client id, body)``, in order, at once.
+
+        One round trip to the backend (Redis: one pipeline). A later item with the same
+        ``(round, client)`` as an earlier one is a duplicate. When it returns, every
+        upload it reports recorded is durable as far as the backend makes it durable.
+
+        Returns:
+            One flag per item: True iff that upload was newly recorded.
         """
         ...
 

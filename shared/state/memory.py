@@ -11,6 +11,7 @@ change sets and pass the same contract tests.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -76,6 +77,20 @@ class MemoryFederationStore:
                 return False
             bodies[client_id] = body
             return True
+
+    def record_uploads(self, uploads: Sequence[tuple[int, int, bytes]]) -> list[bool]:
+        """:meth:`record_upload` for each ``(round, client id, body)``, under one lock."""
+        checked = []
+        for round_no, client_id, body in uploads:
+            check_bytes("upload body", body)
+            checked.append((check_id("round", round_no), check_id("client id", client_id), body))
+        added: list[bool] = []
+        with self._lock:
+            for round_no, client_id, body in checked:
+                bodies = self._uploads.setdefault(round_no, {})
+                added.append(client_id not in bodies)
+                bodies.setdefault(client_id, body)
+        return added
 
     def uploads(self, round_no: int) -> dict[int, bytes]:
         """Recorded uploads of ``round_no`` by client id."""

@@ -39,7 +39,7 @@ and ``appendfsync always``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, Unpack
 
 import msgpack
@@ -201,6 +201,30 @@ class RedisFederationStore:
             "record upload", lambda: self._redis.hsetnx(key, field, body), retry=False
         )
         return bool(added)
+
+    def record_uploads(self, uploads: Sequence[tuple[int, int, bytes]]) -> list[bool]:
+        """:meth:`record_upload` for each ``(round, client id, body)``: HSETNXs in one pipeline.
+
+        Not a transaction: each HSETNX is idempotent on its own key. Sent once after
+        ``PING`` like a single HSETNX; a connection lost during it leaves the outcome
+        unknown (StoreUnavailable), and nothing is acked then, so the redeliveries
+        find what was recorded.
+        """
+        fields = []
+        for round_no, client_id, body in uploads:
+            check_bytes("upload body", body)
+            key = self._uploads_key(check_id("round", round_no))
+            fields.append((key, str(check_id("client id", client_id)), body))
+        if not fields:
+            return []
+
+        def record() -> list[Any]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for key, field, body in fields:
+                    pipe.hsetnx(key, field, body)
+                return pipe.execute()
+
+        return [bool(added) for added in self._conn.run("record uploads", record, retry=False)]
 
     def uploads(self, round_no: int) -> dict[int, bytes]:
         """Recorded uploads of ``round_no`` by client id."""

@@ -220,14 +220,20 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, old)
 
 
-def open_service_transport(settings: ServiceSettings, connection_name: str) -> Transport:
+def open_service_transport(
+    settings: ServiceSettings, connection_name: str, prefetch: int = 1
+) -> Transport:
     """The broker connection of a service process, with the configured heartbeat and limit.
+
+    ``prefetch``: the consumer window; the aggregator and the cache service pass
+    ``settings.ingest_prefetch``, workers keep 1 (a task waits for the next free worker).
 
     Raises:
         TransportUnavailable: the broker cannot be reached within the reconnect budget.
     """
     return open_transport(
         settings.broker_url,
+        prefetch=prefetch,
         heartbeat_s=settings.heartbeat_s,
         max_message_bytes=settings.max_message_bytes,
         connection_name=connection_name,
@@ -253,7 +259,9 @@ class Serving:
 
 
 @contextlib.contextmanager
-def serving(settings: ServiceSettings, connection_name: str) -> Iterator[Serving]:
+def serving(
+    settings: ServiceSettings, connection_name: str, prefetch: int = 1
+) -> Iterator[Serving]:
     """Serve metrics, catch SIGTERM/SIGINT and connect to the broker for one service run.
 
     On exit the ``cleanup`` callbacks run, the transport closes and the signal handlers
@@ -265,6 +273,6 @@ def serving(settings: ServiceSettings, connection_name: str) -> Iterator[Serving
     metrics = Metrics.create()
     serve_metrics(settings.metrics_port, metrics.registry, settings.metrics_host)
     with stop_on_signals() as stop, contextlib.ExitStack() as cleanup:
-        transport = open_service_transport(settings, connection_name)
+        transport = open_service_transport(settings, connection_name, prefetch)
         cleanup.callback(transport.close)
         yield Serving(stop, transport, metrics, cleanup)

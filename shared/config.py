@@ -237,6 +237,13 @@ class ServiceSettings(BaseModel):
         "(capped backoff) before giving up with StoreUnavailable",
     )
     heartbeat_s: int = Field(30, ge=0, description="AMQP heartbeat interval")
+    ingest_prefetch: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="aggregator and cache service: deliveries the broker sends ahead of "
+        "the acks (basic_qos); handled and acked in batches of up to half of it",
+    )
     max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="largest message body accepted or sent"
     )

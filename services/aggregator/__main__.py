@@ -64,7 +64,8 @@ def _serve(args: argparse.Namespace, config: FederationConfig, settings: Service
 def _run(config: FederationConfig, settings: ServiceSettings, out: Path | None) -> None:
     apply_threads(config)
     data = prepare_data(config)
-    with cli.serving(settings, f"scarlet-aggregator/{config.run_id}") as serving:
+    name = f"scarlet-aggregator/{config.run_id}"
+    with cli.serving(settings, name, settings.ingest_prefetch) as serving:
         store = open_federation_store(
             settings.redis_url, config.run_id, retry_s=settings.store_retry_s
         )

@@ -28,16 +28,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from torch import Tensor
-
 from services.aggregator.checkpoint import cache_update, checkpoint_blob, restore_checkpoint
 from services.aggregator.collect import CollectAction, CollectRule, decide
 from services.aggregator.intake import UploadIntake
 from services.aggregator.observer import MetricsObserver, RoundObserver
 from services.aggregator.progress import ClosedRound, PendingTask, RoundProgress, Stage
+from shared.arrays import IndexArray, LabelArray
 from shared.config import FederationConfig, ServiceSettings
 from shared.data import FederatedData
-from shared.distill.training import predict
 from shared.errors import TransportClosed
 from shared.metrics import Metrics
 from shared.protocol import routes
@@ -47,7 +45,7 @@ from shared.rounds.aggregator import AggregatorCore, RoundResult
 from shared.rounds.server_model import ServerModel
 from shared.security.roles import Identities
 from shared.state.base import FederationStore
-from shared.transport.base import Transport
+from shared.transport.base import Transport, batch_size
 from shared.transport.topology import declare_topology
 
 __all__ = ["RoundCoordinator"]
@@ -179,8 +177,8 @@ class RoundCoordinator:
             self.core.round,
             len(tasks),
             self.config.clients,
-            0 if plan is None else plan.requested.numel(),
-            0 if plan is None else plan.reused.numel(),
+            0 if plan is None else plan.requested.size,
+            0 if plan is None else plan.reused.size,
         )
 
     def _publish_pending(self) -> None:
@@ -239,20 +237,7 @@ class RoundCoordinator:
                     rule.needed,
                 )
                 self._republish_missing()
-            delivery = self.transport.get(queue, timeout_s=_POLL_S)
-            if delivery is not None:
-                try:
-                    self.intake.take(
-                        delivery.body,
-                        self.progress,
-                        delivery.ack,
-                        delivery.reject,
-                        sender=delivery.user_id,
-                    )
-                except TransportClosed as e:
-                    # its channel went away before the ack; it is recorded (or was
-                    # rejected) and the broker requeued it: the redelivery is a duplicate
-                    logger.warning("collect: round=%s upload comes again: %s", self.core.round, e)
+            self._take_batch(queue)
             self.observer.clients_missing(len(self.core.missing()))
         if action is CollectAction.CLOSE_AT_DEADLINE:
             logger.warning(
@@ -263,6 +248,20 @@ class RoundCoordinator:
             )
         self.observer.phase_timed("collect", self.clock() - start)
         return action.closes
+
+    def _take_batch(self, queue: str) -> None:
+        """Take what the prefetch window holds (waiting one poll at most for the first)."""
+        deliveries = self.transport.get_many(
+            queue, max_count=batch_size(self.settings.ingest_prefetch), timeout_s=_POLL_S
+        )
+        if not deliveries:
+            return
+        try:
+            self.intake.take(deliveries, self.progress, self.transport.ack_many)
+        except TransportClosed as e:
+            # their channel went away before the ack; they are recorded (or were
+            # rejected) and the broker requeued them: the redeliveries are duplicates
+            logger.warning("collect: round=%s uploads come again: %s", self.core.round, e)
 
     def _close_round(self) -> None:
         start = self.clock()
@@ -302,10 +301,10 @@ class RoundCoordinator:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _server_view(self, indices: Tensor) -> Tensor:
-        return predict(self.server.model, self.server.public[indices])
+    def _server_view(self, indices: IndexArray) -> LabelArray:
+        return self.server.predict(indices)
 
-    def _distill_set(self) -> tuple[Tensor, Tensor]:
+    def _distill_set(self) -> tuple[IndexArray, LabelArray]:
         if self.core.last_commit is not None:
             return self.core.last_commit.indices, self.core.last_commit.targets
         previous = self.core.downlink_targets

@@ -1,16 +1,17 @@
-"""One upload body in: decode, classify, record durably, count, then ack.
+"""A batch of upload deliveries in: decode, classify, record durably, count, then ack.
 
-"Recorded before acked" (DESIGN §3): an accepted upload is written to the store before
-its delivery is acked, so a crash in between redelivers it and the store's
-``(run, round, client)`` key turns the redelivery into a counted duplicate. A body that
-fails validation is dead-lettered with the reason and never reaches the state machine.
+"Recorded before acked" (DESIGN §3): the accepted uploads of a batch are written to the
+store (one round trip) before any delivery of the batch is acked (one batched ack), so
+a crash in between redelivers them and the store's ``(run, round, client)`` key turns
+the redeliveries into counted duplicates. A body that fails validation is dead-lettered
+with the reason at once, before the batch's ack, and never reaches the state machine.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from services.aggregator.observer import RoundObserver
 from services.aggregator.progress import RoundProgress
@@ -21,6 +22,7 @@ from shared.protocol.messages import SoftLabelUpload
 from shared.rounds.aggregator import AggregatorCore, RoundPhase, UploadOutcome
 from shared.security.roles import Identities
 from shared.state.base import FederationStore
+from shared.transport.base import Delivery
 
 __all__ = ["UploadIntake"]
 
@@ -64,26 +66,60 @@ class UploadIntake:
 
     def take(
         self,
-        body: bytes,
+        deliveries: Sequence[Delivery],
         progress: RoundProgress,
-        ack: Callable[[], None],
-        reject: Callable[..., None],
-        sender: str | None = None,
-    ) -> str:
-        """Handle one delivery; returns the outcome counted.
+        ack_all: Callable[[Sequence[Delivery]], None],
+    ) -> list[str]:
+        """Handle a batch of upload deliveries; returns the outcome counted for each.
 
-        Outcomes: ``invalid`` (undecodable), ``forged`` (``sender`` is not the identity
+        Invalid and forged bodies are dead-lettered one by one as they are met; the
+        uploads the round accepts are then recorded in one store round trip, and only
+        after it returned are all the others acked in one ``ack_all`` (the transport's
+        ``ack_many``). A failed record raises before anything is acked: the broker
+        delivers the batch again and the store turns what it had recorded into
+        duplicates.
+
+        Outcomes: ``invalid`` (undecodable), ``forged`` (the sender is not the identity
         allowed to upload for the client the upload names), or an upload outcome.
         """
+        outcomes: list[str | None] = [None] * len(deliveries)
+        taken: list[tuple[int, SoftLabelUpload, UploadOutcome]] = []
+        for i, delivery in enumerate(deliveries):
+            upload = self._admissible(delivery, progress)
+            if isinstance(upload, str):
+                outcomes[i] = upload  # dead-lettered and counted
+            else:
+                taken.append((i, upload, self.core.classify(upload)))
+        accepted = [(i, u) for i, u, outcome in taken if outcome is UploadOutcome.ACCEPTED]
+        # durable before acked: a crash after this line redelivers them as duplicates
+        added = self.store.record_uploads(
+            [(u.round, u.client_id, deliveries[i].body) for i, u in accepted]
+        )
+        fresh = {i for (i, _), new in zip(accepted, added, strict=True) if new}
+        for i, upload, outcome in taken:
+            if outcome is UploadOutcome.ACCEPTED and i not in fresh:
+                outcome = UploadOutcome.DUPLICATE  # recorded before (or earlier in this batch)
+            wire = len(deliveries[i].body)
+            if outcome is UploadOutcome.ACCEPTED:
+                self._admit(upload, wire, progress)
+            logger.info("collect: round=%s client=%s %s", upload.round, upload.client_id, outcome)
+            accepted_now = outcome is UploadOutcome.ACCEPTED
+            outcomes[i] = self._count(progress, outcome.value, wire, accepted=accepted_now)
+        # counted before the ack: an upload admitted into the round stays counted even
+        # when the ack is lost with the channel (its redelivery counts as a duplicate)
+        ack_all([deliveries[i] for i, _, _ in taken])
+        return [o for o in outcomes if o is not None]  # every one is set by now
+
+    def _admissible(self, delivery: Delivery, progress: RoundProgress) -> SoftLabelUpload | str:
+        """The decoded upload, or the outcome it was dead-lettered with (invalid, forged)."""
+        body, sender = delivery.body, delivery.user_id
         try:
             upload = decode_upload(body, self.limits)
         except ProtocolError as e:
             logger.warning(
                 "collect: round=%s dead-lettering invalid upload: %s", self.core.round, e
             )
-            reject(requeue=False, reason=str(e)[:_REASON_CHARS])
-            self.observer.upload_dead_lettered()
-            return self._count(progress, "invalid", len(body), accepted=False)
+            return self._refuse(delivery, progress, "invalid", str(e)[:_REASON_CHARS])
         if self.senders is not None and not self.senders.upload_sender_ok(
             sender, upload.client_id, self.worker_mode
         ):
@@ -94,21 +130,17 @@ class UploadIntake:
                 upload.client_id,
                 sender,
             )
-            reject(requeue=False, reason=f"forged: client {upload.client_id} sent by {sender!r}")
-            self.observer.upload_dead_lettered()
-            return self._count(progress, "forged", len(body), accepted=False)
-        outcome = self.core.classify(upload)
-        # durable before acked: a crash after this line redelivers it as a duplicate
-        if outcome is UploadOutcome.ACCEPTED and not self.store.record_upload(
-            upload.round, upload.client_id, body
-        ):
-            outcome = UploadOutcome.DUPLICATE
-        if outcome is UploadOutcome.ACCEPTED:
-            self._admit(upload, len(body), progress)
-        ack()
-        logger.info("collect: round=%s client=%s %s", upload.round, upload.client_id, outcome)
-        accepted = outcome is UploadOutcome.ACCEPTED
-        return self._count(progress, outcome.value, len(body), accepted=accepted)
+            reason = f"forged: client {upload.client_id} sent by {sender!r}"
+            return self._refuse(delivery, progress, "forged", reason)
+        return upload
+
+    def _refuse(
+        self, delivery: Delivery, progress: RoundProgress, outcome: str, reason: str
+    ) -> str:
+        # settled now, before the batch's ack
+        delivery.reject(requeue=False, reason=reason)
+        self.observer.upload_dead_lettered()
+        return self._count(progress, outcome, len(delivery.body), accepted=False)
 
     def readmit_recorded(self, progress: RoundProgress) -> int:
         """After a restart, accept and count again the uploads the store recorded.

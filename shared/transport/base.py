@@ -53,6 +53,7 @@ __all__ = [
     "ExchangeSpec",
     "QueueSpec",
     "Transport",
+    "batch_size",
     "check_message",
     "dead_letter_queue_spec",
 ]
@@ -298,6 +299,15 @@ class Transport(Protocol):
     def close(self) -> None:
         """Close the connection; unsettled deliveries go back to their queues. Idempotent."""
         ...
+
+
+def batch_size(prefetch: int) -> int:
+    """Deliveries a service handles and acks together in a window of ``prefetch``.
+
+    Half the window: while one half is being handled and recorded, the broker already
+    sends the next, so the consumer never waits a round trip for work.
+    """
+    return max(1, prefetch // 2)
 
 
 def check_message(body: object, headers: Mapping[str, str] | None, max_bytes: int) -> None:

@@ -31,6 +31,7 @@ from shared.protocol.codec import DecodeLimits
 from shared.security.roles import sender_identities
 from shared.state import open_federation_store
 from shared.state.base import check_run_id
+from shared.transport.base import batch_size
 
 __all__ = ["main", "make_parser"]
 
@@ -78,7 +79,8 @@ def _limits_table(config: FederationConfig, settings: ServiceSettings) -> dict[s
 def _serve(args: argparse.Namespace, config: FederationConfig, settings: ServiceSettings) -> None:
     """Serve until SIGTERM/SIGINT; the transport and store are closed on every path."""
     limits = _limits(config, settings)
-    with cli.serving(settings, f"scarlet-cache/{config.run_id}") as serving:
+    name = f"scarlet-cache/{config.run_id}"
+    with cli.serving(settings, name, settings.ingest_prefetch) as serving:
         store = open_federation_store(
             settings.redis_url, config.run_id, retry_s=settings.store_retry_s
         )
@@ -94,7 +96,13 @@ def _serve(args: argparse.Namespace, config: FederationConfig, settings: Service
             )
         )
         service = CacheService(
-            serving.transport, store, config.run_id, limits, serving.metrics, requesters
+            serving.transport,
+            store,
+            config.run_id,
+            limits,
+            serving.metrics,
+            requesters,
+            max_batch=batch_size(settings.ingest_prefetch),
         )
         service.declare()
         service.serve_forever(serving.stop)

@@ -31,6 +31,7 @@ backoff.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -94,6 +95,8 @@ class CacheService:
         requesters: which broker users (AMQP ``user_id``) may ask, e.g.
             ``Identities.requester_ok``; a request from anyone else is dead-lettered and
             counted ``forged``. None: anyone may (``verify_senders`` off).
+        max_batch: requests taken from the prefetch window at once; their replies are
+            each published (confirmed) before the answered ones are acked together.
     """
 
     def __init__(
@@ -104,7 +107,11 @@ class CacheService:
         limits: DecodeLimits,
         metrics: Metrics | None = None,
         requesters: Callable[[str | None], bool] | None = None,
+        max_batch: int = 1,
     ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self._max_batch = max_batch
         self.metrics = metrics or Metrics.create()
         self._requesters = requesters
         self._transport = transport
@@ -136,21 +143,43 @@ class CacheService:
         )
 
     def serve_once(self, timeout_s: float) -> bool:
-        """Handle at most one request, waiting up to ``timeout_s`` seconds for it.
+        """Handle the requests at hand (up to ``max_batch``), waiting ``timeout_s`` for one.
+
+        Each answered request is acked only after its reply was confirmed; the answered
+        ones of a batch are acked together, the refused ones dead-lettered as they come.
 
         Returns:
             True when a request was handled (whatever its outcome), False on timeout.
 
         Raises:
-            TransportUnavailable: the broker cannot be reached (the request, if one was
-                taken, is delivered again).
-            TransportClosed: the connection went away under the request.
+            TransportUnavailable: the broker cannot be reached (the requests taken and
+                not yet acked are delivered again).
+            TransportClosed: the connection went away under the requests.
         """
-        delivery = self._transport.get(self._queue, timeout_s=timeout_s)
-        if delivery is None:
-            return False
-        self._handle(delivery)
-        return True
+        deliveries = self._transport.get_many(
+            self._queue, max_count=self._max_batch, timeout_s=timeout_s
+        )
+        answered: list[tuple[Delivery, str]] = []
+        try:
+            for delivery in deliveries:
+                outcome = self._handle(delivery)
+                if outcome:
+                    answered.append((delivery, outcome))
+        except BaseException:
+            # the replies published so far are confirmed: ack them, but let the error
+            # that ended the batch be the one raised
+            with contextlib.suppress(TransportError):
+                self._ack(answered)
+            raise
+        self._ack(answered)
+        return bool(deliveries)
+
+    def _ack(self, answered: list[tuple[Delivery, str]]) -> None:
+        if not answered:
+            return
+        self._transport.ack_many([delivery for delivery, _ in answered])
+        for _, outcome in answered:
+            self._count(outcome)
 
     def serve_forever(self, stop: threading.Event | None = None) -> None:
         """Serve requests until ``stop`` is set (checked at least every :data:`POLL_S`).
@@ -183,7 +212,11 @@ class CacheService:
 
     # ------------------------------------------------------------------ one request
 
-    def _handle(self, delivery: Delivery) -> None:
+    def _handle(self, delivery: Delivery) -> str:
+        """Answer or refuse one request; returns the outcome to count once it is acked.
+
+        "" when the request was dead-lettered (and counted) instead.
+        """
         started = time.perf_counter()
         self._count_bytes("up", len(delivery.body))
         if self._requesters is not None and not self._requesters(delivery.user_id):
@@ -192,7 +225,7 @@ class CacheService:
             )
             delivery.reject(requeue=False, reason=f"forged: request sent by {delivery.user_id!r}")
             self._count("forged", dead_lettered=True)
-            return
+            return ""
         try:
             request = decode_sync_request(delivery.body, self._limits)
             if request.run_id != self._run_id:
@@ -201,7 +234,7 @@ class CacheService:
             logger.warning("sync: run=%s dead-lettering invalid request: %s", self._run_id, e)
             delivery.reject(requeue=False, reason=str(e)[:_REASON_CHARS])
             self._count("invalid", dead_lettered=True)
-            return
+            return ""
         response, outcome = self._answer(request)
         try:
             response, outcome = self._publish_reply(request, response, outcome)
@@ -217,9 +250,7 @@ class CacheService:
             )
             delivery.reject(requeue=False, reason=f"reply failed: {e}"[:_REASON_CHARS])
             self._count("unroutable", dead_lettered=True)
-            return
-        delivery.ack()  # only now: the reply is confirmed, a crash before this re-answers
-        self._count(outcome)
+            return ""
         logger.info(
             "sync: run=%s client=%s %s since=%s -> version=%d full=%s entries=%d cleared=%d "
             "in %.3f s",
@@ -233,6 +264,7 @@ class CacheService:
             response.cleared.numel(),
             time.perf_counter() - started,
         )
+        return outcome  # acked by serve_once: the reply is confirmed
 
     def _count(self, outcome: str, *, dead_lettered: bool = False) -> None:
         self.stats[outcome] += 1

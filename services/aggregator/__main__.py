@@ -19,7 +19,7 @@ from services.aggregator.coordinator import RoundCoordinator
 from shared import cli
 from shared.config import FederationConfig, ServiceSettings
 from shared.results import RoundRecord, RunResults, format_round_line
-from shared.rounds.setup import apply_threads, prepare_data
+from shared.rounds.setup import apply_threads, prepare_server_data
 from shared.security.roles import sender_identities
 from shared.state import open_federation_store
 from shared.transport.topology import declare_topology
@@ -63,7 +63,7 @@ def _serve(args: argparse.Namespace, config: FederationConfig, settings: Service
 
 def _run(config: FederationConfig, settings: ServiceSettings, out: Path | None) -> None:
     apply_threads(config)
-    data = prepare_data(config)
+    data = prepare_server_data(config)  # the public set and the test split only
     name = f"scarlet-aggregator/{config.run_id}"
     with cli.serving(settings, name, settings.ingest_prefetch) as serving:
         store = open_federation_store(

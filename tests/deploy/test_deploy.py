@@ -9,8 +9,8 @@ The rendered objects are then checked three ways:
   are errors), with ``kubernetes-validate``; its absence is a failure in CI and a visible
   skip elsewhere, and the structural checks below run regardless;
 * CRD objects (KEDA ``ScaledObject``/``TriggerAuthentication``, prometheus-operator
-  ``ServiceMonitor``), for which no schema ships offline, structurally: apiVersion, kind,
-  required and allowed fields, and the references between objects;
+  ``ServiceMonitor``/``PrometheusRule``), for which no schema ships offline, structurally:
+  apiVersion, kind, required and allowed fields, and the references between objects;
 * against the code: every container runs one of the three services with arguments the
   service's own parser accepts, every ``SCARLET_*`` variable is a configuration key, the
   ConfigMap's TOML loads (with each container's environment and flags, as the service
@@ -19,6 +19,10 @@ The rendered objects are then checked three ways:
 * against the trust model (DESIGN §10): every role reads its own Secret only, no pinned
   worker is given Redis, every scarlet container runs the base's image tag, and the
   NetworkPolicies, evaluated here, let each role reach only what it needs.
+
+Scaling (KEDA, the HPA overlay, PodDisruptionBudgets) is checked in ``test_scaling.py``,
+the cluster's monitoring (PrometheusRule, dashboard ConfigMaps, scrape configurations,
+the Redis exporter) in ``test_cluster_monitoring.py``; both use the renders of this file.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 CONTAINERFILE = DEPLOY / "Containerfile"
 SECRET_EXAMPLE = K8S / "base" / "secret.example.yaml"
+# the backing Redis' metrics exporter's ACL user (backing/redis.yaml, users.acl)
+EXPORTER_USER = "scarlet-exporter"
 RABBITMQ_CONF = DEPLOY / "rabbitmq" / "rabbitmq.conf"
 NAMESPACE = "scarlet"
 CONFIG_MAP = "scarlet-config"
@@ -87,6 +93,7 @@ yaml = _need("yaml", "PyYAML reads the manifests")
 # What is rendered
 # ======================================================================================
 
+MONITORING_COMPONENTS = ("servicemonitor", "prometheusrule", "grafana-dashboards")
 # name -> (kustomization directory, components added on top, as an overlay would)
 RENDERS: dict[str, tuple[Path, tuple[Path, ...]]] = {
     "base": (K8S / "base", ()),
@@ -100,7 +107,14 @@ RENDERS: dict[str, tuple[Path, tuple[Path, ...]]] = {
         K8S / "overlays" / "pinned",
         (K8S / "components" / "servicemonitor",),
     ),
+    "pool-hpa": (K8S / "overlays" / "pool-hpa", ()),
+    # everything a prometheus-operator and Grafana's sidecar take
+    "pool-keda+monitoring": (
+        K8S / "overlays" / "pool-keda",
+        tuple(K8S / "components" / c for c in MONITORING_COMPONENTS),
+    ),
     "backing": (K8S / "backing", ()),
+    "backing+servicemonitor": (K8S / "backing", (K8S / "components" / "backing-servicemonitor",)),
     "rabbitmq": (DEPLOY / "rabbitmq", ()),
 }
 SCARLET_RENDERS = [name for name in RENDERS if not name.startswith(("backing", "rabbitmq"))]
@@ -697,6 +711,7 @@ _API_VERSIONS = {
     "StatefulSet": "apps/v1",
     "PodDisruptionBudget": "policy/v1",
     "NetworkPolicy": "networking.k8s.io/v1",
+    "HorizontalPodAutoscaler": "autoscaling/v2",
 }
 
 
@@ -816,6 +831,28 @@ def _check_core(obj: dict[str, Any], objs: list[dict[str, Any]]) -> list[str]:
             problems.append(f"{where}: exactly one of minAvailable, maxUnavailable")
         if not any(_selects(spec.get("selector", {}), _pod_labels(w)) for w in _workloads(objs)):
             problems.append(f"{where}: selects no pod template of this render")
+    if kind == "HorizontalPodAutoscaler":
+        problems += _check_hpa(obj, objs, where)
+    return problems
+
+
+def _check_hpa(obj: dict[str, Any], objs: list[dict[str, Any]], where: str) -> list[str]:
+    spec, problems = obj["spec"], []
+    ref = spec["scaleTargetRef"]
+    targets = [w for w in _workloads(objs) if w["kind"] == ref["kind"] and _name(w) == ref["name"]]
+    if len(targets) != 1 or ref.get("apiVersion") != targets[0]["apiVersion"]:
+        return [f"{where}: scale target {ref} not in this render"]
+    if not 1 <= spec.get("minReplicas", 1) <= spec["maxReplicas"]:
+        problems.append(f"{where}: replica bounds {spec.get('minReplicas')}..{spec['maxReplicas']}")
+    if "replicas" in targets[0]["spec"]:
+        problems.append(f"{where}: {_name(targets[0])} states replicas the HPA owns")
+    for metric in spec.get("metrics", []):
+        resource = metric.get("resource", {})
+        if metric["type"] == "Resource" and resource["target"]["type"] == "Utilization":
+            # utilization is usage over request: a container without one has none
+            for c in _containers(targets[0]):
+                if resource["name"] not in c.get("resources", {}).get("requests", {}):
+                    problems.append(f"{where}: {c['name']} requests no {resource['name']}")
     return problems
 
 
@@ -853,6 +890,12 @@ def _check_scaled_object(obj: dict[str, Any], objs: list[dict[str, Any]]) -> lis
     behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
     if behavior is not None:
         problems += _allowed(behavior, {"scaleUp", "scaleDown"}, where)
+    fallback = spec.get("fallback")
+    if fallback is not None:
+        problems += _allowed(fallback, {"failureThreshold", "replicas", "behavior"}, where)
+        for field in ("failureThreshold", "replicas"):
+            if not (isinstance(fallback.get(field), int) and fallback[field] > 0):
+                problems.append(f"{where}: fallback.{field} must be a positive integer")
     triggers = spec.get("triggers")
     if not isinstance(triggers, list) or not triggers:
         return [*problems, f"{where}: spec.triggers must be a non-empty list"]
@@ -866,6 +909,9 @@ def _check_scaled_object(obj: dict[str, Any], objs: list[dict[str, Any]]) -> lis
             continue
         if not all(isinstance(v, str) for v in metadata.values()):
             problems.append(f"{where}: trigger metadata values must be strings: {metadata}")
+        # KEDA ignores fallback for a trigger whose metric is not an AverageValue
+        if fallback is not None and trigger.get("metricType", "AverageValue") != "AverageValue":
+            problems.append(f"{where}: fallback needs metricType AverageValue")
         if trigger["type"] == "rabbitmq":
             if metadata.get("mode") not in ("QueueLength", "MessageRate"):
                 problems.append(f"{where}: rabbitmq mode {metadata.get('mode')!r}")
@@ -940,10 +986,36 @@ def _check_service_monitor(obj: dict[str, Any], objs: list[dict[str, Any]]) -> l
     return problems
 
 
+_RULE_KEYS = {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+_GROUP_KEYS = {"name", "interval", "rules", "limit", "partial_response_strategy", "query_offset"}
+
+
+def _check_prometheus_rule(obj: dict[str, Any], objs: list[dict[str, Any]]) -> list[str]:
+    where, spec = f"PrometheusRule/{_name(obj)}", obj.get("spec", {})
+    problems = _allowed(spec, {"groups"}, where)
+    groups = spec.get("groups")
+    if not isinstance(groups, list) or not groups:
+        return [*problems, f"{where}: spec.groups must be a non-empty list"]
+    names = [g.get("name") for g in groups]
+    if len(set(names)) != len(names) or not all(names):
+        problems.append(f"{where}: group names must be unique and non-empty: {names}")
+    for group in groups:
+        problems += _allowed(group, _GROUP_KEYS, where)
+        for rule in group.get("rules", []):
+            problems += _allowed(rule, _RULE_KEYS, where)
+            if ("alert" in rule) == ("record" in rule) or not isinstance(rule.get("expr"), str):
+                problems.append(f"{where}: a rule needs expr and one of alert, record: {rule}")
+            for field in ("labels", "annotations"):
+                if not all(isinstance(v, str) for v in rule.get(field, {}).values()):
+                    problems.append(f"{where}: {rule.get('alert')} {field} must be strings")
+    return problems
+
+
 CRD_CHECKS = {
     ("keda.sh/v1alpha1", "ScaledObject"): _check_scaled_object,
     ("keda.sh/v1alpha1", "TriggerAuthentication"): _check_trigger_authentication,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): _check_service_monitor,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): _check_prometheus_rule,
 }
 
 
@@ -1335,6 +1407,7 @@ def test_network_policies_let_each_role_reach_only_what_it_needs(name, tmp_path)
         # RabbitMQ: every scarlet pod, AMQP only
         assert _may_connect(objs, pod, rabbitmq, 5672)
         assert not _may_connect(objs, pod, rabbitmq, 15672)
+        assert not _may_connect(objs, pod, redis, 9121)  # the exporter's metrics
         # metrics: Prometheus only, and only the metrics port
         assert _may_connect(objs, PROMETHEUS, e.workload, metrics)
         assert not _may_connect(objs, pod, e.workload, metrics)
@@ -1344,6 +1417,10 @@ def test_network_policies_let_each_role_reach_only_what_it_needs(name, tmp_path)
         assert not _may_connect(objs, stranger, rabbitmq, 5672)
     assert _may_connect(objs, KEDA, rabbitmq, 15672)
     assert _may_connect(objs, PROMETHEUS, rabbitmq, 15692)
+    # the Redis exporter sidecar answers Prometheus only
+    assert _may_connect(objs, PROMETHEUS, redis, 9121)
+    assert not _may_connect(objs, STRANGER, redis, 9121)
+    assert not _may_connect(objs, KEDA, redis, 9121)
 
 
 def test_the_network_policy_check_sees_an_open_redis():
@@ -1363,7 +1440,9 @@ def test_the_aggregator_of_the_pool_overlay_routes_to_the_pool(tmp_path):
     assert aggregator.settings.worker_mode == "pool"
 
 
-@pytest.mark.parametrize("name", ["pool-keda+servicemonitor", "pinned+servicemonitor"])
+@pytest.mark.parametrize(
+    "name", ["pool-keda+servicemonitor", "pinned+servicemonitor", "pool-keda+monitoring"]
+)
 def test_the_servicemonitor_scrapes_every_scarlet_service(name):
     objs = render(name)
     (monitor,) = _objs(objs, "ServiceMonitor")
@@ -1472,8 +1551,15 @@ def test_the_example_secret_is_consistent_and_never_applied():
         assert can_reach(store, key) and not can_reach(state, key), key
     assert can_reach(state, f"scarlet:{run}:client:7")
     assert "-scan" in acl[ids.pool] and "-keys" in acl[ids.pool]
-    # nobody but the aggregator, the cache service and the pool has a Redis user
-    assert set(acl) == {"default", ids.aggregator, ids.cache, ids.pool}
+    # nobody but the aggregator, the cache service, the pool and the backing Redis' own
+    # metrics exporter has a Redis user; the exporter reaches no key at all
+    assert set(acl) == {"default", ids.aggregator, ids.cache, ids.pool, EXPORTER_USER}
+    exporter = acl[EXPORTER_USER]
+    assert "on" in exporter and "resetkeys" in exporter and "-@all" in exporter
+    assert not [r for r in exporter if r.startswith(("~", "%", "&")) or r in ("allkeys", "+@all")]
+    password = secrets["scarlet-redis"]["exporter-password"]
+    assert [r for r in exporter if r.startswith(">")] == [f">{password}"]
+    assert password not in {pw for pws in users.values() for pw in pws}, "shared password"
 
 
 def test_the_broker_accepts_the_largest_message_the_services_send(tmp_path):

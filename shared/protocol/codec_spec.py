@@ -1,4 +1,4 @@
-"""The soft-label codec's spec: ``f32``, ``f16`` or ``q<bits>[+delta]``, optionally ``+zstd``.
+"""The soft-label codec's spec: ``f32``, ``f16`` or ``q<bits>[+delta]``, then ``+zstd`` or ``+ans``.
 
 :class:`CodecSpec` is the parsed, validated form of the string that goes on the wire in
 every soft-label payload (see :mod:`shared.protocol.softlabels`), with the error bound
@@ -13,8 +13,11 @@ from typing import Literal
 
 __all__ = ["CodecSpec"]
 
-_GRAMMAR = "SPEC := (f32 | f16 | q<2..8>[+delta]) [+zstd[<level 1..22>]], e.g. q6+delta+zstd"
-_SPEC_PATTERN = re.compile(r"(f32|f16|q([0-9]))(\+delta)?(\+zstd([0-9]{1,2})?)?")
+_GRAMMAR = (
+    "SPEC := (f32 | f16 | q<2..8>[+delta]) [+zstd[<level 1..22>]], or q<2..8>[+delta]+ans, "
+    "e.g. q6+delta+zstd, q8+ans"
+)
+_SPEC_PATTERN = re.compile(r"(f32|f16|q([0-9]))(\+delta)?(\+zstd([0-9]{1,2})?|\+ans)?")
 _INPUT_SLACK = 1e-6  # error bounds hold for inputs whose rows sum to 1 within this
 _DEFAULT_LEVEL = 3
 _F32_ROUNDING = 1 / 2**24  # largest error of rounding a value in [0, 1] to float32
@@ -24,13 +27,16 @@ _F32_ROUNDING = 1 / 2**24  # largest error of rounding a value in [0, 1] to floa
 class CodecSpec:
     """How a soft-label matrix is coded; its string form goes on the wire.
 
-    The grammar: ``(f32 | f16 | q<2..8>[+delta]) [+zstd[<level 1..22>]]``.
+    The grammar: ``(f32 | f16 | q<2..8>[+delta]) [+zstd[<level 1..22>]]``, or
+    ``q<2..8>[+delta]+ans``.
 
     Attributes:
         kind: ``f32`` (exact), ``f16``, or ``quant`` (``bits``-bit simplex codes).
         bits: code width 2..8 for quant; 8 (unused) otherwise.
         delta: quant only: code q - q_ref against a reference both sides hold.
-        entropy: ``zstd`` compresses the data bytes; ``none`` leaves them.
+        entropy: ``zstd`` compresses the data bytes; ``ans`` entropy-codes the quant
+            symbols under per-class models (:mod:`shared.protocol.entropy`); ``none``
+            leaves them.
         level: zstd level 1..22 (encoder only; 3 unless ``entropy`` is zstd).
 
     Raises:
@@ -40,13 +46,15 @@ class CodecSpec:
     kind: Literal["f32", "f16", "quant"]
     bits: int = 8
     delta: bool = False
-    entropy: Literal["none", "zstd"] = "none"
+    entropy: Literal["none", "zstd", "ans"] = "none"
     level: int = _DEFAULT_LEVEL
 
     def __post_init__(self) -> None:
         quant = self.kind == "quant"
-        if self.kind not in ("f32", "f16", "quant") or self.entropy not in ("none", "zstd"):
+        if self.kind not in ("f32", "f16", "quant") or self.entropy not in ("none", "zstd", "ans"):
             raise ValueError(f"unknown kind or entropy coder; {_GRAMMAR}")
+        if self.entropy == "ans" and not quant:
+            raise ValueError(f"ans codes quant symbols only; {_GRAMMAR}")
         if (quant and not 2 <= self.bits <= 8) or (not quant and (self.bits != 8 or self.delta)):
             raise ValueError(f"bits 2..8 and delta apply to quant only; {_GRAMMAR}")
         zstd = self.entropy == "zstd"
@@ -55,7 +63,7 @@ class CodecSpec:
 
     @classmethod
     def parse(cls, text: str) -> CodecSpec:
-        """Parse ``f32``, ``f16``, ``q4``, ``q8+delta``, ``q6+delta+zstd``, ``f16+zstd19``.
+        """Parse ``f32``, ``q4``, ``q8+delta``, ``q6+delta+zstd``, ``f16+zstd19``, ``q8+ans``.
 
         Raises:
             ValueError: when ``text`` does not follow the grammar (the message quotes it).
@@ -63,8 +71,10 @@ class CodecSpec:
         match = _SPEC_PATTERN.fullmatch(text)
         if match is None:
             raise ValueError(f"bad codec spec {text!r}; {_GRAMMAR}")
-        base, bits, delta, zstd, level = match.groups()
-        entropy: Literal["none", "zstd"] = "zstd" if zstd else "none"
+        base, bits, delta, coder, level = match.groups()
+        entropy: Literal["none", "zstd", "ans"] = (
+            "none" if coder is None else "ans" if coder == "+ans" else "zstd"
+        )
         level_value = int(level) if level else _DEFAULT_LEVEL
         if bits is None:
             kind: Literal["f32", "f16"] = "f32" if base == "f32" else "f16"
@@ -76,6 +86,8 @@ class CodecSpec:
         text += "+delta" if self.delta else ""
         if self.entropy == "zstd":
             text += "+zstd" + ("" if self.level == _DEFAULT_LEVEL else str(self.level))
+        elif self.entropy == "ans":
+            text += "+ans"
         return text
 
     def max_abs_error(self, num_classes: int) -> float:

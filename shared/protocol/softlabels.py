@@ -4,9 +4,10 @@ A payload is a msgpack-ready map that describes itself::
 
     {"spec": "q8+delta+zstd", "n": N, "c": C, "layout": "sparse", "nnz": K, "data": b"..."}
 
-``layout`` is ``raw`` for f32/f16 (little-endian ``<f4``/``<f2``, row-major) and ``dense``
-or ``sparse`` for quant; ``nnz`` appears only with ``sparse``. With ``zstd`` the data are
-one zstd frame that must declare its content size (empty data travel without a frame).
+``layout`` is ``raw`` for f32/f16 (little-endian ``<f4``/``<f2``, row-major), ``dense``
+or ``sparse`` for quant, and ``ans`` for quant with ``+ans``; ``nnz`` appears only with
+``sparse``. With ``zstd`` the data are one zstd frame that must declare its content size
+(empty data travel without a frame).
 
 Quant codes each row as ints summing exactly to L = 2**bits - 1 (:func:`quantize_simplex`).
 One entry per row is redundant (it is L minus the others), so it is dropped: without delta
@@ -17,7 +18,10 @@ smaller, measured after zstd when zstd is on:
 
 * ``dense``: every symbol packed with its exact width;
 * ``sparse``: the non-zero symbols minus 1, packed, then the set of their positions as an
-  :mod:`~shared.protocol.indexsets` set encoding (Elias-Fano, bitmap or gaps).
+  :mod:`~shared.protocol.indexsets` set encoding (Elias-Fano, bitmap or gaps);
+* ``ans`` (``+ans`` only, instead of the two above): the dropped columns and the symbols
+  entropy-coded under per-class models (:mod:`~shared.protocol.softlabel_ans`), within a
+  few percent of their order-0 entropy where zstd spends 20-30 % more (DECISIONS §30).
 
 Why: soft labels are peaked, so most codes (and almost all deltas) are 0. On a digits CNN's
 soft labels (1,000 x 10, ``python -m bench.codec``) dropping the redundant entry saves 13%
@@ -55,6 +59,7 @@ from shared.protocol.simplex import (
     quantize_rows,
     quantize_simplex,
 )
+from shared.protocol.softlabel_ans import decode_ans_layout, encode_ans_layout
 from shared.protocol.zstd_frames import compress_data, decompress_data
 
 __all__ = [
@@ -113,10 +118,14 @@ def encode_soft_labels(
     codes = quantize_rows(normalize_rows(values), (1 << spec.bits) - 1)
     if spec.delta:
         base = _reference_codes(reference, n, c, spec.bits, ValueError)
-        prefix, symbols = b"", _zigzag(_drop(codes - base, base.argmax(axis=1)))
+        dropped = base.argmax(axis=1)
+        prefix, symbols = b"", _zigzag(_drop(codes - base, dropped))
     else:
-        argmax = codes.argmax(axis=1)
-        prefix, symbols = _encode(argmax, _argmax_bits(c)), _drop(codes, argmax)
+        dropped = codes.argmax(axis=1)
+        prefix, symbols = _encode(dropped, _argmax_bits(c)), _drop(codes, dropped)
+    if spec.entropy == "ans":
+        frame = encode_ans_layout(symbols, dropped, c, spec.bits, delta=spec.delta)
+        return header | {"layout": "ans", "data": frame}
     return header | _smaller_layout(prefix, symbols, spec)
 
 
@@ -217,7 +226,8 @@ def _read_header(
     except ValueError as error:
         raise DecodeError(f"spec: {error}") from None
     layout = payload.get("layout")
-    allowed = ("raw",) if spec.kind != "quant" else ("dense", "sparse")
+    quant_layouts = ("ans",) if spec.entropy == "ans" else ("dense", "sparse")
+    allowed = ("raw",) if spec.kind != "quant" else quant_layouts
     if layout not in allowed:
         raise DecodeError(f"layout: expected one of {allowed} for {text}, got {layout!r}")
     keys = {"spec", "n", "c", "layout", "data"} | ({"nnz"} if layout == "sparse" else set())
@@ -244,7 +254,12 @@ def _decode_quant(
 ) -> _F32:
     levels, width, count = (1 << spec.bits) - 1, spec.bits + spec.delta, n * (c - 1)
     prefix = 0 if spec.delta else (n * _argmax_bits(c) + 7) // 8
-    if layout == "dense":
+    base = _reference_codes(reference, n, c, spec.bits, DecodeError) if spec.delta else None
+    argmax: _I64 | None = None
+    if layout == "ans":
+        known = None if base is None else base.argmax(axis=1)
+        argmax, symbols = decode_ans_layout(data, n, c, spec.bits, known)
+    elif layout == "dense":
         raw = decompress_data(data, spec, prefix + (count * width + 7) // 8, exact=True)
         symbols = _decode(raw[prefix:], width, count)
     else:
@@ -262,11 +277,11 @@ def _decode_quant(
         if positions.size != nnz:
             raise DecodeError(f"data: {positions.size} non-zero positions, nnz says {nnz}")
         symbols[positions] = _decode(raw[prefix : prefix + packed], width, nnz) + 1
-    if spec.delta:
-        base = _reference_codes(reference, n, c, spec.bits, DecodeError)
+    if base is not None:
         codes = base + _undrop((symbols >> 1) ^ -(symbols & 1), base.argmax(axis=1), c, 0)
     else:
-        argmax = _decode(raw[:prefix], _argmax_bits(c), n)
+        if argmax is None:  # dense and sparse carry the argmax columns first, packed
+            argmax = _decode(raw[:prefix], _argmax_bits(c), n)
         if argmax.size and argmax.max() >= c:
             raise DecodeError(f"data: argmax column out of range [0, {c})")
         codes = _undrop(symbols, argmax, c, levels)

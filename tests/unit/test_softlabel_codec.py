@@ -20,10 +20,10 @@ from shared.protocol.softlabels import (
 )
 
 ALL_SPECS = ["f32", "f16", "f32+zstd", "f16+zstd"] + [
-    f"q{bits}{delta}{zstd}"
+    f"q{bits}{delta}{entropy}"
     for bits in range(2, 9)
     for delta in ("", "+delta")
-    for zstd in ("", "+zstd")
+    for entropy in ("", "+zstd", "+ans")
 ]
 SPECIAL_ROWS = ("one_hot", "uniform", "tiny", "tie", "subnormal")
 PROTOCOL_ERRORS = (DecodeError, MessageTooLarge)
@@ -115,6 +115,11 @@ def test_spec_text_parses_and_prints_back_unchanged(text):
         "q8+",
         "Q8",
         "q8+lz4",
+        "f16+ans",
+        "f32+ans",
+        "q8+ans+zstd",
+        "q8+zstd+ans",
+        "q8+ans3",
         "q٣",
         "q8+zstd٣",
         " q8",
@@ -233,7 +238,7 @@ def test_every_codec_round_trips_within_its_documented_bound(text, probs, seed):
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
-@pytest.mark.parametrize("entropy", ["", "+zstd"])
+@pytest.mark.parametrize("entropy", ["", "+zstd", "+ans"])
 def test_a_delta_against_the_same_rows_decodes_exactly_and_costs_a_few_bytes(bits, entropy):
     # Given: the receiver already holds exactly what it would decode
     spec = CodecSpec.parse(f"q{bits}+delta{entropy}")

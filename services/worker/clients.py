@@ -5,16 +5,21 @@ memory and, with a state store, survives restarts. *Pool* mode: interchangeable 
 serve any client from one task queue; each task loads the client's state from the state
 store and saves it back, so workers may join or leave at any time. Pool mode is for
 simulation and benchmarks at scale, or a pool inside one data owner's cluster: every pool
-worker holds every client's private shard.
+worker can read every client's private shard.
+
+A pool worker's memory does not grow with the clients it has served: a runtime is built
+for one task (its shard converted from the decoded split just then) and dropped after
+the save, and the state blob keeps only the replica rows a client holds
+(:mod:`services.worker.client_state`).
 """
 
 from __future__ import annotations
 
 import logging
 
+from services.worker.client_state import pack_client_state, unpack_client_state
 from shared.config import FederationConfig
 from shared.data import FederatedData
-from shared.protocol.tensors import decode_tensor_map, encode_tensor_map
 from shared.rounds.client import ClientRuntime
 from shared.rounds.setup import build_runtime
 from shared.state.base import ClientStateStore
@@ -33,7 +38,7 @@ class PinnedClient:
         if store is not None:
             blob = store.load(runtime.client_id)
             if blob is not None:
-                runtime.load_state_dict(decode_tensor_map(blob))
+                runtime.load_state_dict(unpack_client_state(blob))
                 logger.info(
                     "state: client=%s resumed after round %s",
                     runtime.client_id,
@@ -47,7 +52,7 @@ class PinnedClient:
     def save(self, runtime: ClientRuntime) -> None:
         """Persist the runtime's state when a store was given."""
         if self.store is not None:
-            self.store.save(runtime.client_id, encode_tensor_map(runtime.state_dict()))
+            self.store.save(runtime.client_id, pack_client_state(runtime.state_dict()))
 
 
 class PoolClients:
@@ -67,9 +72,9 @@ class PoolClients:
         runtime = build_runtime(self.config, self.data, client_id)
         blob = self.store.load(client_id)
         if blob is not None:
-            runtime.load_state_dict(decode_tensor_map(blob))
+            runtime.load_state_dict(unpack_client_state(blob))
         return runtime
 
     def save(self, runtime: ClientRuntime) -> None:
         """Write the client's state back for whichever worker serves it next."""
-        self.store.save(runtime.client_id, encode_tensor_map(runtime.state_dict()))
+        self.store.save(runtime.client_id, pack_client_state(runtime.state_dict()))

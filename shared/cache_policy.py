@@ -18,6 +18,9 @@ Semantics follow the ``reproducibility`` branch of the official code (PAPER.md �
 
 Entries are identified by the round they were written in: a (index, written round) pair
 names exactly one label, so replicas are compared by rounds, never by float equality.
+
+Arrays are numpy (:mod:`shared.arrays`): the cache rules run in the aggregator, the
+workers and the tests alike, and need no model (DECISIONS §28).
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from shared import digests
+from shared.arrays import BoolArray, IndexArray, LabelArray
 from shared.errors import CacheDesync, RoundStateConflict
 
 __all__ = [
@@ -57,7 +60,7 @@ class CacheSignal(IntEnum):
     EXPIRED = 2
 
 
-def is_fresh(written_round: Tensor | int, now: int, duration: int) -> Tensor:
+def is_fresh(written_round: IndexArray | int, now: int, duration: int) -> BoolArray:
     """Whether an entry written in round ``written_round`` may be reused in round ``now``.
 
     A label cached in round c is reused in rounds c+1 .. c+D (D = ``duration``): the age
@@ -65,29 +68,30 @@ def is_fresh(written_round: Tensor | int, now: int, duration: int) -> Tensor:
     nothing is ever reused.
 
     Args:
-        written_round: scalar or (N,) int64 tensor of written rounds (``NEVER`` if empty).
+        written_round: scalar or (N,) int64 array of written rounds (``NEVER`` if empty).
         now: the round in which the entry would be reused.
         duration: D ≥ 0.
 
     Returns:
-        A bool tensor of the same shape as ``written_round``.
+        A bool array of the same shape as ``written_round``.
     """
-    written = torch.as_tensor(written_round, dtype=torch.int64)
+    written = np.asarray(written_round, dtype=np.int64)
     age = now - written
-    return (written != NEVER) & (age >= 1) & (age <= duration)
+    fresh: BoolArray = (written != NEVER) & (age >= 1) & (age <= duration)
+    return fresh
 
 
 @dataclass(frozen=True, slots=True)
 class RequestPlan:
-    """How a round's drawn public indices split. Both tensors are int64, ascending."""
+    """How a round's drawn public indices split. Both arrays are int64, ascending."""
 
-    requested: Tensor
-    reused: Tensor
+    requested: IndexArray
+    reused: IndexArray
 
     @property
-    def distill_indices(self) -> Tensor:
+    def distill_indices(self) -> IndexArray:
         """The round's distillation set: requested first, then reused (PAPER.md §2.1)."""
-        return torch.cat([self.requested, self.reused])
+        return np.concatenate([self.requested, self.reused])
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,29 +109,29 @@ class CacheCommit:
     """
 
     round: int
-    indices: Tensor
-    signals: Tensor
-    targets: Tensor
-    fresh_labels: Tensor
-    previous_written: Tensor
-    previous_labels: Tensor
+    indices: IndexArray
+    signals: IndexArray
+    targets: LabelArray
+    fresh_labels: LabelArray
+    previous_written: IndexArray
+    previous_labels: LabelArray
 
 
 class ServerCache:
     """The authoritative global cache C_g: one (label, written round) per public index."""
 
     def __init__(self, public_size: int, num_classes: int) -> None:
-        self.labels = torch.zeros(public_size, num_classes, dtype=torch.float32)
-        self.written = torch.full((public_size,), NEVER, dtype=torch.int64)
+        self.labels: LabelArray = np.zeros((public_size, num_classes), dtype=np.float32)
+        self.written: IndexArray = np.full(public_size, NEVER, dtype=np.int64)
         self.version = 0
 
     @property
     def public_size(self) -> int:
         """|P|."""
-        return int(self.written.numel())
+        return int(self.written.size)
 
     def plan_requests(
-        self, drawn: Tensor, now: int, duration: int, *, reuse: Tensor | None = None
+        self, drawn: IndexArray, now: int, duration: int, *, reuse: BoolArray | None = None
     ) -> RequestPlan:
         """Split round ``now``'s drawn indices into requested and reused (both ascending).
 
@@ -139,14 +143,12 @@ class ServerCache:
                 None applies the paper's rule, :func:`is_fresh`.
         """
         fresh = is_fresh(self.written[drawn], now, duration) if reuse is None else reuse
-        return RequestPlan(
-            requested=torch.sort(drawn[~fresh]).values, reused=torch.sort(drawn[fresh]).values
-        )
+        return RequestPlan(requested=np.sort(drawn[~fresh]), reused=np.sort(drawn[fresh]))
 
     def commit(
         self,
         plan: RequestPlan,
-        fresh_labels: Tensor,
+        fresh_labels: LabelArray,
         now: int,
         duration: int,
         *,
@@ -171,15 +173,15 @@ class ServerCache:
             RoundStateConflict: when the cache changed since the plan (a reused entry is
                 no longer fresh, or a requested one became fresh) or shapes disagree.
         """
-        if fresh_labels.shape != (plan.requested.numel(), self.labels.shape[1]):
+        if fresh_labels.shape != (plan.requested.size, self.labels.shape[1]):
             raise RoundStateConflict(
                 f"commit: round={now} expected labels of shape "
-                f"{(plan.requested.numel(), self.labels.shape[1])}, got {tuple(fresh_labels.shape)}"
+                f"{(plan.requested.size, self.labels.shape[1])}, got {tuple(fresh_labels.shape)}"
             )
         indices = plan.distill_indices
-        previous_written = self.written[indices].clone()
-        previous_labels = self.labels[indices].clone()
-        q = plan.requested.numel()
+        previous_written = self.written[indices]  # fancy indexing copies
+        previous_labels = self.labels[indices]
+        q = plan.requested.size
         if max_age is None:
             fresh = is_fresh(previous_written, now, duration)
             consistent = not bool(fresh[:q].any()) and bool(fresh[q:].all())
@@ -191,19 +193,17 @@ class ServerCache:
             )
         # with an adaptive policy a requested entry that is present is refreshed in place
         was_empty = (previous_written[:q] == NEVER) | (max_age is not None)
-        signals = torch.full((indices.numel(),), int(CacheSignal.CACHED), dtype=torch.int64)
-        signals[:q] = torch.where(
-            was_empty, int(CacheSignal.NEWLY_CACHED), int(CacheSignal.EXPIRED)
-        )
+        signals = np.full(indices.size, int(CacheSignal.CACHED), dtype=np.int64)
+        signals[:q] = np.where(was_empty, int(CacheSignal.NEWLY_CACHED), int(CacheSignal.EXPIRED))
         newly, expired = plan.requested[was_empty], plan.requested[~was_empty]
         self.labels[newly] = fresh_labels[was_empty]
         self.written[newly] = now
         self.labels[expired] = 0.0
         self.written[expired] = NEVER
         self.version += 1
-        targets = torch.cat([fresh_labels.to(torch.float32), previous_labels[q:]])
+        targets = np.concatenate([fresh_labels.astype(np.float32), previous_labels[q:]])
         return CacheCommit(
-            now, indices, signals, targets, targets[:q].clone(), previous_written, previous_labels
+            now, indices, signals, targets, targets[:q].copy(), previous_written, previous_labels
         )
 
     def digest(self) -> str:
@@ -212,13 +212,13 @@ class ServerCache:
 
 
 def adaptive_reuse(
-    written: Tensor,
+    written: IndexArray,
     now: int,
     duration: int,
     max_duration: int,
-    drift: Tensor,
+    drift: LabelArray,
     threshold: float,
-) -> Tensor:
+) -> BoolArray:
     """Staleness-aware reuse: refresh drifted entries early, keep stable ones longer.
 
     An entry of age a (= now - written) is reused when it is present and either
@@ -247,8 +247,8 @@ class ClientCache:
     """A client's replica C_k of the global cache."""
 
     def __init__(self, public_size: int, num_classes: int) -> None:
-        self.labels = torch.zeros(public_size, num_classes, dtype=torch.float32)
-        self.written = torch.full((public_size,), NEVER, dtype=torch.int64)
+        self.labels: LabelArray = np.zeros((public_size, num_classes), dtype=np.float32)
+        self.written: IndexArray = np.full(public_size, NEVER, dtype=np.int64)
 
     def apply_catch_up(self, diff: CatchUpDiff) -> None:
         """Bring the replica in line with the pre-commit global entries (partial participation)."""
@@ -258,8 +258,8 @@ class ClientCache:
         self.written[diff.clear_indices] = NEVER
 
     def restore(
-        self, round_no: int, indices: Tensor, signals: Tensor, fresh_labels: Tensor
-    ) -> Tensor:
+        self, round_no: int, indices: IndexArray, signals: IndexArray, fresh_labels: LabelArray
+    ) -> LabelArray:
         """Rebuild round ``round_no``'s targets and apply its signals: the client half.
 
         Walks ``indices`` in order: a non-CACHED entry takes the next row of
@@ -286,13 +286,13 @@ class ClientCache:
                 f"signalled but {fresh_labels.shape[0]} labels received"
             )
         missing = indices[cached][self.written[indices[cached]] == NEVER]
-        if missing.numel():
+        if missing.size:
             raise CacheDesync(
-                f"restore: round={round_no} {missing.numel()} entries signalled "
+                f"restore: round={round_no} {missing.size} entries signalled "
                 f"CACHED are not in the replica (first: {int(missing[0])})"
             )
-        targets = torch.empty(indices.numel(), self.labels.shape[1], dtype=torch.float32)
-        targets[~cached] = fresh_labels.to(torch.float32)
+        targets = np.empty((indices.size, self.labels.shape[1]), dtype=np.float32)
+        targets[~cached] = fresh_labels
         targets[cached] = self.labels[indices[cached]]
         newly = indices[signals == int(CacheSignal.NEWLY_CACHED)]
         self.labels[newly] = targets[signals == int(CacheSignal.NEWLY_CACHED)]
@@ -311,15 +311,15 @@ class ClientCache:
 class CatchUpDiff:
     """Entries to set or clear in a client replica before it applies a round's signals."""
 
-    update_indices: Tensor  # (u,) int64
-    update_labels: Tensor  # (u, C) float32
-    update_written: Tensor  # (u,) int64
-    clear_indices: Tensor  # (v,) int64
+    update_indices: IndexArray  # (u,) int64
+    update_labels: LabelArray  # (u, C) float32
+    update_written: IndexArray  # (u,) int64
+    clear_indices: IndexArray  # (v,) int64
 
     @property
     def is_empty(self) -> bool:
         """True when the client is already in step."""
-        return self.update_indices.numel() == 0 and self.clear_indices.numel() == 0
+        return self.update_indices.size == 0 and self.clear_indices.size == 0
 
 
 class ClientMirrors:
@@ -329,7 +329,7 @@ class ClientMirrors:
     """
 
     def __init__(self, num_clients: int, public_size: int) -> None:
-        self.written = torch.full((num_clients, public_size), NEVER, dtype=torch.int64)
+        self.written: IndexArray = np.full((num_clients, public_size), NEVER, dtype=np.int64)
 
     def diff(self, client_id: int, commit: CacheCommit) -> CatchUpDiff:
         """What ``client_id`` must change so that its replica equals C_g before ``commit``."""
@@ -349,16 +349,16 @@ class ClientMirrors:
         self.written[client_id, commit.indices] = cache.written[commit.indices]
 
 
-def _digest(written: Tensor, labels: Tensor) -> str:
+def _digest(written: IndexArray, labels: LabelArray) -> str:
     # the stores hash their packed entries the same way: shared.digests owns the layout
-    present = torch.nonzero(written != NEVER).flatten()
-    return digests.cache_digest(present.numpy(), written[present].numpy(), labels[present].numpy())
+    present = np.flatnonzero(written != NEVER)
+    return digests.cache_digest(present, written[present], labels[present])
 
 
-def targets_digest(targets: Tensor) -> str:
+def targets_digest(targets: LabelArray) -> str:
     """SHA-256 (hex) of a restored target matrix (n, C) as float32 little-endian bytes.
 
     The aggregator sends it with each task; a client whose restored targets hash differently
-    holds a desynchronized replica. A torch front end of :func:`shared.digests.targets_digest`.
+    holds a desynchronized replica. The same as :func:`shared.digests.targets_digest`.
     """
-    return digests.targets_digest(targets.to(torch.float32).numpy())
+    return digests.targets_digest(targets)

@@ -2,10 +2,10 @@
 
 Every digest hashes little-endian bytes (int64 for indices and rounds, float32 for labels)
 and is written as 64 lowercase hex digits. Two parties compute the same digest from
-different data structures (the aggregator's and clients' torch caches in
+different data structures (the aggregator's and clients' caches in
 :mod:`shared.cache_policy`, the stores' packed entries in :mod:`shared.state`), so the
 byte layout is defined here, once, with numpy and hashlib only: the stores and the
-protocol can use it without importing the torch-based cache rules.
+protocol can use it without importing the cache rules.
 """
 
 from __future__ import annotations

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
-from torch import Tensor
 
+from shared.arrays import IndexArray, LabelArray
 from shared.protocol.wire import is_safe_name
 
 __all__ = [
@@ -38,9 +37,6 @@ __all__ = [
     "check_id",
     "check_run_id",
 ]
-
-IndexArray = npt.NDArray[np.int64]
-"""(n,) public indices or rounds, as numpy int64."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +54,10 @@ class CacheUpdate:
 
     version: int
     digest: str
-    set_indices: Tensor
-    set_written: Tensor
-    set_labels: Tensor
-    clear_indices: Tensor
+    set_indices: IndexArray
+    set_written: IndexArray
+    set_labels: LabelArray
+    clear_indices: IndexArray
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +80,10 @@ class CacheSnapshot:
     version: int
     digest: str
     full: bool
-    indices: Tensor
-    written: Tensor
-    labels: Tensor
-    cleared: Tensor
+    indices: IndexArray
+    written: IndexArray
+    labels: LabelArray
+    cleared: IndexArray
 
 
 class FederationStore(Protocol):

@@ -13,13 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import numpy.typing as npt
-import torch
-from torch import Tensor
 
+from shared.arrays import AnyArray, BoolArray, IndexArray, LabelArray
 from shared.digests import cache_digest, is_digest
 from shared.errors import StateError
-from shared.state.base import CacheSnapshot, CacheUpdate, ChangeRecord, IndexArray
+from shared.state.base import CacheSnapshot, CacheUpdate, ChangeRecord
 
 __all__ = [
     "BoolArray",
@@ -34,11 +32,6 @@ __all__ = [
     "unpack_entries",
     "validate_update",
 ]
-
-BoolArray = npt.NDArray[np.bool_]
-"""(n,) flags, as numpy bool."""
-LabelArray = npt.NDArray[np.float32]
-"""(n, C) soft labels, as numpy float32."""
 
 
 def validate_update(update: CacheUpdate, num_classes: int) -> None:
@@ -55,25 +48,28 @@ def validate_update(update: CacheUpdate, num_classes: int) -> None:
         raise ValueError(f"commit: cache version must be >= 1, got {update.version}")
     if not is_digest(update.digest):
         raise ValueError("commit: digest must be 64 lowercase hex digits")
-    u = update.set_indices.shape[0] if update.set_indices.dim() == 1 else -1
-    expected = {
-        "set_indices": (update.set_indices, torch.int64, (u,)),
-        "set_written": (update.set_written, torch.int64, (u,)),
-        "set_labels": (update.set_labels, torch.float32, (u, num_classes)),
-        "clear_indices": (update.clear_indices, torch.int64, (update.clear_indices.numel(),)),
+    fields = (update.set_indices, update.set_written, update.set_labels, update.clear_indices)
+    if not all(isinstance(array, np.ndarray) for array in fields):
+        raise ValueError("commit: the update's indices, rounds and labels must be numpy arrays")
+    u = update.set_indices.shape[0] if update.set_indices.ndim == 1 else -1
+    expected: dict[str, tuple[AnyArray, type[np.generic], tuple[int, ...]]] = {
+        "set_indices": (update.set_indices, np.int64, (u,)),
+        "set_written": (update.set_written, np.int64, (u,)),
+        "set_labels": (update.set_labels, np.float32, (u, num_classes)),
+        "clear_indices": (update.clear_indices, np.int64, (update.clear_indices.size,)),
     }
-    for name, (tensor, dtype, shape) in expected.items():
-        if tensor.dtype != dtype or tuple(tensor.shape) != shape:
+    for name, (array, dtype, shape) in expected.items():
+        if array.dtype != dtype or tuple(array.shape) != shape:
             raise ValueError(
-                f"commit: {name} must be {dtype} of shape {shape}, "
-                f"got {tensor.dtype} {tuple(tensor.shape)}"
+                f"commit: {name} must be {np.dtype(dtype)} of shape {shape}, "
+                f"got {array.dtype} {tuple(array.shape)}"
             )
-    both = torch.cat([update.set_indices, update.clear_indices])
-    if both.numel() and (int(both.min()) < 0 or torch.unique(both).numel() != both.numel()):
+    both = np.concatenate([update.set_indices, update.clear_indices])
+    if both.size and (int(both.min()) < 0 or np.unique(both).size != both.size):
         raise ValueError("commit: indices must be >= 0 and appear at most once in set + clear")
     if u and int(update.set_written.min()) < 0:
         raise ValueError("commit: written rounds of set entries must be >= 0")
-    if not bool(torch.isfinite(update.set_labels).all()):
+    if not bool(np.isfinite(update.set_labels).all()):
         raise ValueError("commit: set_labels must be finite")
 
 
@@ -106,9 +102,7 @@ def pack_update(update: CacheUpdate, num_classes: int) -> list[tuple[int, bytes]
         ValueError: see :func:`validate_update`.
     """
     validate_update(update, num_classes)
-    values = pack_entries(
-        update.set_written.cpu().numpy().astype(np.int64), update.set_labels.cpu().numpy()
-    )
+    values = pack_entries(update.set_written, update.set_labels)
     return list(zip(update.set_indices.tolist(), values, strict=True))
 
 
@@ -136,10 +130,6 @@ def unpack_entries(values: Sequence[bytes], num_classes: int) -> tuple[IndexArra
     return written, labels
 
 
-def _tensor(array: npt.NDArray[np.generic]) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
 def assemble_snapshot(
     version: int, digest: str, num_classes: int, indices: IndexArray, values: Sequence[bytes]
 ) -> CacheSnapshot:
@@ -159,9 +149,7 @@ def assemble_snapshot(
             f"({indices.size} entries)"
         )
     empty = np.empty(0, dtype=np.int64)
-    return CacheSnapshot(
-        version, digest, True, _tensor(indices), _tensor(written), _tensor(labels), _tensor(empty)
-    )
+    return CacheSnapshot(version, digest, True, indices, written, labels, empty)
 
 
 def log_window(version: int, current: int, log_versions: int) -> range | None:
@@ -232,12 +220,4 @@ def assemble_changes(
     present_now = np.fromiter((v is not None for v in values), dtype=np.bool_, count=len(values))
     written, labels = unpack_entries([v for v in values if v is not None], num_classes)
     cleared = touched[~present_now & present_before]
-    return CacheSnapshot(
-        version,
-        digest,
-        False,
-        _tensor(touched[present_now]),
-        _tensor(written),
-        _tensor(labels),
-        _tensor(cleared),
-    )
+    return CacheSnapshot(version, digest, False, touched[present_now], written, labels, cleared)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 import redis
-import torch
 
 from shared.cache_policy import NEVER, ServerCache
 from shared.errors import ConfigError, StateError
@@ -35,11 +35,12 @@ from shared.state import (
     open_client_store,
     open_federation_store,
 )
+from tests.arrays import softmax, softmax_rows
 from tests.conftest import require_redis
 
 REDIS_URL = os.environ.get("SCARLET_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 P, C, D = 40, 3, 2  # public set, classes, cache duration
-EMPTY = torch.empty(0, dtype=torch.int64)
+EMPTY = np.empty(0, dtype=np.int64)
 
 StoreFactory = Callable[..., FederationStore]
 
@@ -73,60 +74,60 @@ def make_store(request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
 class _Step:
     round_no: int
     update: CacheUpdate
-    written: torch.Tensor  # (P,) server cache after the commit
-    labels: torch.Tensor  # (P, C)
+    written: np.ndarray  # (P,) server cache after the commit
+    labels: np.ndarray  # (P, C)
 
 
 def _drive_server_cache(rounds: int, seed: int = 0, drawn_per_round: int = 15) -> list[_Step]:
     """Run a ServerCache through ``rounds`` rounds; one CacheUpdate per commit."""
-    g = torch.Generator().manual_seed(seed)
+    g = np.random.default_rng(seed)
     cache = ServerCache(P, C)
     steps = []
     for t in range(rounds):
-        before = cache.written.clone()
-        drawn = torch.randperm(P, generator=g)[:drawn_per_round]
+        before = cache.written.copy()
+        drawn = g.permutation(P)[:drawn_per_round]
         plan = cache.plan_requests(drawn, now=t, duration=D)
-        fresh = torch.softmax(torch.randn(plan.requested.numel(), C, generator=g), dim=1)
+        fresh = softmax_rows(g, plan.requested.size, C)
         cache.commit(plan, fresh, now=t, duration=D)
-        set_idx = torch.nonzero((cache.written != before) & (cache.written == t)).flatten()
-        clear_idx = torch.nonzero((before != NEVER) & (cache.written == NEVER)).flatten()
+        set_idx = np.flatnonzero((cache.written != before) & (cache.written == t))
+        clear_idx = np.flatnonzero((before != NEVER) & (cache.written == NEVER))
         update = CacheUpdate(
             version=cache.version,
             digest=cache.digest(),
             set_indices=set_idx,
-            set_written=cache.written[set_idx].clone(),
-            set_labels=cache.labels[set_idx].clone(),
+            set_written=cache.written[set_idx],
+            set_labels=cache.labels[set_idx],
             clear_indices=clear_idx,
         )
-        steps.append(_Step(t, update, cache.written.clone(), cache.labels.clone()))
+        steps.append(_Step(t, update, cache.written.copy(), cache.labels.copy()))
     return steps
 
 
-def _dense(snapshot: CacheSnapshot) -> tuple[torch.Tensor, torch.Tensor]:
-    written = torch.full((P,), NEVER, dtype=torch.int64)
-    labels = torch.zeros(P, C)
+def _dense(snapshot: CacheSnapshot) -> tuple[np.ndarray, np.ndarray]:
+    written = np.full(P, NEVER, dtype=np.int64)
+    labels = np.zeros((P, C), dtype=np.float32)
     written[snapshot.indices] = snapshot.written
     labels[snapshot.indices] = snapshot.labels
     return written, labels
 
 
-def _digest(written: torch.Tensor, labels: torch.Tensor) -> str:
+def _digest(written: np.ndarray, labels: np.ndarray) -> str:
     cache = ServerCache(*labels.shape)
-    cache.written, cache.labels = written.clone(), labels.clone()
+    cache.written, cache.labels = written.copy(), labels.copy()
     return cache.digest()
 
 
-def _update(version: int, written: torch.Tensor, labels: torch.Tensor, **parts: list[int]):
+def _update(version: int, written: np.ndarray, labels: np.ndarray, **parts: list[int]):
     """An update whose sets are already in the dense model; applies its clears to it."""
-    set_idx = torch.tensor(parts.get("set", []), dtype=torch.int64)
-    clear_idx = torch.tensor(parts.get("clear", []), dtype=torch.int64)
+    set_idx = np.array(parts.get("set", []), dtype=np.int64)
+    clear_idx = np.array(parts.get("clear", []), dtype=np.int64)
     written[clear_idx], labels[clear_idx] = NEVER, 0.0
     return CacheUpdate(
         version,
         _digest(written, labels),
         set_idx,
-        written[set_idx].clone(),
-        labels[set_idx].clone(),
+        written[set_idx],
+        labels[set_idx],
         clear_idx,
     )
 
@@ -174,31 +175,31 @@ def test_an_empty_store_is_version_zero_with_an_empty_snapshot(make_store: Store
     store = make_store()
     snapshot = store.cache_snapshot()
     assert store.cache_version() == 0
-    assert (snapshot.version, snapshot.full, snapshot.indices.numel()) == (0, True, 0)
+    assert (snapshot.version, snapshot.full, snapshot.indices.size) == (0, True, 0)
     assert snapshot.digest == ServerCache(P, C).digest()
     assert store.load_aggregator() is None
     changes = store.cache_changes_since(0)
-    assert changes is not None and changes.indices.numel() == changes.cleared.numel() == 0
+    assert changes is not None and changes.indices.size == changes.cleared.size == 0
 
 
 def test_commits_reproduce_the_server_cache_bit_exactly(make_store: StoreFactory):
     # Given
     store = make_store()
     steps = _drive_server_cache(rounds=7)
-    assert any(s.update.clear_indices.numel() for s in steps), "the trace should expire entries"
+    assert any(s.update.clear_indices.size for s in steps), "the trace should expire entries"
     for step in steps:
         # When
         store.commit_round(step.round_no, b"agg-%d" % step.round_no, step.update, C)
         snapshot = store.cache_snapshot()
         # Then
         written, labels = _dense(snapshot)
-        assert snapshot.full and snapshot.cleared.numel() == 0
+        assert snapshot.full and snapshot.cleared.size == 0
         assert snapshot.version == store.cache_version() == step.update.version
-        assert torch.equal(written, step.written)
-        assert torch.equal(labels.view(torch.int32), step.labels.view(torch.int32))  # bit-exact
+        assert np.array_equal(written, step.written)
+        assert np.array_equal(labels.view(np.int32), step.labels.view(np.int32))  # bit-exact
         assert snapshot.digest == step.update.digest
-        assert torch.equal(snapshot.indices, torch.sort(snapshot.indices).values)
-        assert (snapshot.indices.dtype, snapshot.labels.dtype) == (torch.int64, torch.float32)
+        assert np.array_equal(snapshot.indices, np.sort(snapshot.indices))
+        assert (snapshot.indices.dtype, snapshot.labels.dtype) == (np.int64, np.float32)
 
 
 def test_commit_saves_the_aggregator_and_deletes_only_that_rounds_uploads(
@@ -240,7 +241,9 @@ def test_commit_with_the_wrong_version_changes_nothing(
         store.commit_round(1, b"agg-1", bad, C)
     after = store.cache_snapshot()
     assert after.version == before.version == 1
-    assert torch.equal(after.indices, before.indices) and torch.equal(after.labels, before.labels)
+    assert np.array_equal(after.indices, before.indices) and np.array_equal(
+        after.labels, before.labels
+    )
     assert store.load_aggregator() == b"agg-0"
     assert store.uploads(1) == {4: b"u"}
 
@@ -250,8 +253,8 @@ def test_commit_with_another_number_of_classes_is_refused(make_store: StoreFacto
     store = make_store()
     first = _drive_server_cache(rounds=1)[0]
     store.commit_round(0, b"agg", first.update, C)
-    labels = torch.full((1, C + 1), 1.0 / (C + 1))
-    update = CacheUpdate(2, "0" * 64, torch.tensor([0]), torch.tensor([1]), labels, EMPTY)
+    labels = np.full((1, C + 1), 1.0 / (C + 1), dtype=np.float32)
+    update = CacheUpdate(2, "0" * 64, np.array([0]), np.array([1]), labels, EMPTY)
     # When / Then
     with pytest.raises(StateError, match="classes"):
         store.commit_round(1, b"agg-1", update, C + 1)
@@ -302,7 +305,7 @@ def test_a_malformed_update_is_rejected_before_anything_changes(
         "set and cleared": [1, 2],
         "negative index": [-1, 2],
     }.get(problem, [1, 2])
-    labels = torch.full((2, C), 1.0 / C)
+    labels = np.full((2, C), 1.0 / C, dtype=np.float32)
     if problem == "labels shape":
         labels = labels[:, :2]
     if problem == "nan":
@@ -311,10 +314,10 @@ def test_a_malformed_update_is_rejected_before_anything_changes(
     update = CacheUpdate(
         1,
         "not hex" if problem == "digest" else "0" * 64,
-        torch.tensor(idx),
-        torch.zeros(2, dtype=torch.int64),
+        np.array(idx),
+        np.zeros(2, dtype=np.int64),
         labels,
-        torch.tensor(clear, dtype=torch.int64),
+        np.array(clear, dtype=np.int64),
     )
     with pytest.raises(ValueError):
         store.commit_round(0, b"agg", update, C)
@@ -354,7 +357,7 @@ def test_changes_since_list_exactly_what_changed_and_rebuild_the_snapshot(
     for step in steps:
         store.commit_round(step.round_no, b"agg", step.update, C)
     current = store.cache_snapshot()
-    states = [(torch.full((P,), NEVER, dtype=torch.int64), torch.zeros(P, C))]
+    states = [(np.full(P, NEVER, dtype=np.int64), np.zeros((P, C), dtype=np.float32))]
     states += [(s.written, s.labels) for s in steps]
     for version, (written_then, labels_then) in enumerate(states):
         # When
@@ -364,29 +367,29 @@ def test_changes_since_list_exactly_what_changed_and_rebuild_the_snapshot(
         assert (changes.version, changes.digest) == (current.version, current.digest)
         now_written, now_labels = steps[-1].written, steps[-1].labels
         changed = (now_written != NEVER) & (
-            (now_written != written_then) | (now_labels != labels_then).any(dim=1)
+            (now_written != written_then) | (now_labels != labels_then).any(axis=1)
         )
         cleared = (written_then != NEVER) & (now_written == NEVER)
-        assert torch.equal(changes.indices, torch.nonzero(changed).flatten())
-        assert torch.equal(changes.cleared, torch.nonzero(cleared).flatten())
+        assert np.array_equal(changes.indices, np.flatnonzero(changed))
+        assert np.array_equal(changes.cleared, np.flatnonzero(cleared))
         # and applying them to a replica at that version reproduces the snapshot
-        written, labels = written_then.clone(), labels_then.clone()
+        written, labels = written_then.copy(), labels_then.copy()
         written[changes.indices], labels[changes.indices] = changes.written, changes.labels
         written[changes.cleared], labels[changes.cleared] = NEVER, 0.0
-        assert torch.equal(written, now_written) and torch.equal(labels, now_labels)
+        assert np.array_equal(written, now_written) and np.array_equal(labels, now_labels)
         assert _digest(written, labels) == current.digest
 
 
 def test_changes_since_follow_overwrites_and_entries_set_then_cleared(make_store: StoreFactory):
     # Given
     store = make_store()
-    written = torch.full((P,), NEVER, dtype=torch.int64)
-    labels = torch.zeros(P, C)
+    written = np.full(P, NEVER, dtype=np.int64)
+    labels = np.zeros((P, C), dtype=np.float32)
 
     def write(version: int, sets: dict[int, int], clear: list[int]) -> None:
         for index, round_no in sets.items():
             written[index] = round_no
-            labels[index] = torch.softmax(torch.tensor([float(index), round_no, 1.0]), dim=0)
+            labels[index] = softmax(np.array([float(index), round_no, 1.0]))
         update = _update(version, written, labels, set=list(sets), clear=clear)
         store.commit_round(version, b"agg", update, C)
 
@@ -446,7 +449,7 @@ def test_runs_are_isolated_and_delete_all_forgets_only_its_own_run(make_store: S
     mine.delete_all()
     # Then
     assert (mine.cache_version(), mine.load_aggregator(), mine.results()) == (0, None, [])
-    assert mine.uploads(1) == {} and mine.cache_snapshot().indices.numel() == 0
+    assert mine.uploads(1) == {} and mine.cache_snapshot().indices.size == 0
     assert other.cache_version() == 1 and other.uploads(1) == {2: b"u"}
     assert other.cache_snapshot().digest == step.update.digest
 

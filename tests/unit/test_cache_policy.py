@@ -1,7 +1,7 @@
 """The synchronized cache rules, against a hand-worked trace and as properties."""
 
+import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,22 +15,23 @@ from shared.cache_policy import (
     is_fresh,
 )
 from shared.errors import CacheDesync, RoundStateConflict
+from tests.arrays import softmax_rows
 
 N, C_, E = CacheSignal.NEWLY_CACHED, CacheSignal.CACHED, CacheSignal.EXPIRED
 
 
-def _label(round_no: int, index: int, classes: int = 2) -> torch.Tensor:
+def _label(round_no: int, index: int, classes: int = 2) -> np.ndarray:
     # a distinct, recognisable label per (round, index)
-    p = torch.full((classes,), 1.0)
+    p = np.full(classes, 1.0, dtype=np.float32)
     p[0] += 10 * round_no + index
     return p / p.sum()
 
 
-def _labels_for(round_no: int, indices: torch.Tensor, classes: int = 2) -> torch.Tensor:
+def _labels_for(round_no: int, indices, classes: int = 2) -> np.ndarray:
     return (
-        torch.stack([_label(round_no, int(i), classes) for i in indices])
+        np.stack([_label(round_no, int(i), classes) for i in indices])
         if len(indices)
-        else torch.empty(0, classes)
+        else np.empty((0, classes), dtype=np.float32)
     )
 
 
@@ -72,10 +73,10 @@ TRACE = [
 
 def test_server_and_client_follow_the_hand_worked_trace():
     server, client = ServerCache(6, 2), ClientCache(6, 2)
-    held_by_client: dict[int, torch.Tensor] = {}
+    held_by_client: dict[int, np.ndarray] = {}
     for r, (drawn, requested, reused, signals) in enumerate(TRACE):
         # Given the round's draw
-        plan = server.plan_requests(torch.tensor(drawn), r, 2)
+        plan = server.plan_requests(np.array(drawn), r, 2)
         # Then the split is as worked out by hand
         assert plan.requested.tolist() == requested, f"round {r}"
         assert plan.reused.tolist() == reused, f"round {r}"
@@ -85,15 +86,15 @@ def test_server_and_client_follow_the_hand_worked_trace():
         assert commit.signals.tolist() == [int(s) for s in signals], f"round {r}"
         # and the client restores exactly the server's targets
         targets = client.restore(r, commit.indices, commit.signals, commit.fresh_labels)
-        assert torch.equal(targets, commit.targets)
+        assert np.array_equal(targets, commit.targets)
         # and reused rows are the labels the client stored when they were NEWLY_CACHED
         for i, s, row in zip(
             commit.indices.tolist(), commit.signals.tolist(), targets, strict=True
         ):
             if s == C_:
-                assert torch.equal(row, held_by_client[i])
+                assert np.array_equal(row, held_by_client[i])
             elif s == N:
-                held_by_client[i] = row.clone()
+                held_by_client[i] = row.copy()
             else:
                 held_by_client.pop(i, None)
         assert client.digest() == server.digest()
@@ -105,14 +106,14 @@ def test_after_expiry_an_index_needs_two_requests_before_it_is_cached_again():
     server = ServerCache(1, 2)
     signals = []
     for r in [0, 2, 3, 4, 5]:  # D = 1: cached at 0, stale at 2
-        plan = server.plan_requests(torch.tensor([0]), r, 1)
+        plan = server.plan_requests(np.array([0]), r, 1)
         signals.append(int(server.commit(plan, _labels_for(r, plan.requested), r, 1).signals[0]))
     assert signals == [N, E, N, C_, E]
 
 
 def test_a_commit_against_a_cache_that_changed_since_planning_is_refused():
     server = ServerCache(4, 2)
-    plan = server.plan_requests(torch.tensor([0, 1]), 0, 5)
+    plan = server.plan_requests(np.array([0, 1]), 0, 5)
     server.commit(plan, _labels_for(0, plan.requested), 0, 5)
     with pytest.raises(RoundStateConflict):
         server.commit(plan, _labels_for(0, plan.requested), 1, 5)  # 0,1 now fresh
@@ -121,9 +122,9 @@ def test_a_commit_against_a_cache_that_changed_since_planning_is_refused():
 def test_restore_refuses_cached_signals_for_entries_the_replica_lacks():
     client = ClientCache(4, 2)
     with pytest.raises(CacheDesync, match="not in the replica"):
-        client.restore(1, torch.tensor([2]), torch.tensor([int(C_)]), torch.empty(0, 2))
+        client.restore(1, np.array([2]), np.array([int(C_)]), np.empty((0, 2), dtype=np.float32))
     with pytest.raises(CacheDesync, match="fresh"):
-        client.restore(1, torch.tensor([2]), torch.tensor([int(N)]), torch.empty(0, 2))
+        client.restore(1, np.array([2]), np.array([int(N)]), np.empty((0, 2), dtype=np.float32))
     assert (client.written == NEVER).all()
 
 
@@ -139,16 +140,14 @@ def test_server_and_clients_never_disagree_under_partial_participation(
     seed, duration, num_clients, rounds, participation
 ):
     # Given a random sequence of draws and random client samples each round
-    g = torch.Generator().manual_seed(seed)
+    g = np.random.default_rng(seed)
     public, classes = 12, 3
     server = ServerCache(public, classes)
     mirrors = ClientMirrors(num_clients, public)
     clients = [ClientCache(public, classes) for _ in range(num_clients)]
     last = None
     for r in range(rounds):
-        sampled = [
-            k for k in range(num_clients) if torch.rand(1, generator=g).item() < participation
-        ]
+        sampled = [k for k in range(num_clients) if g.random() < participation]
         # Downlink of round r carries round r-1's commit (with catch-up) to the sampled clients
         if last is not None:
             for k in sampled:
@@ -159,31 +158,29 @@ def test_server_and_clients_never_disagree_under_partial_participation(
                     last.round, last.indices, last.signals, last.fresh_labels
                 )
                 # Then the client distils on exactly the server's targets
-                assert torch.equal(targets, last.targets)
+                assert np.array_equal(targets, last.targets)
                 # and its replica equals the global cache on the distillation set
-                assert torch.equal(clients[k].written[last.indices], server.written[last.indices])
-                assert torch.equal(clients[k].labels[last.indices], server.labels[last.indices])
+                assert np.array_equal(
+                    clients[k].written[last.indices], server.written[last.indices]
+                )
+                assert np.array_equal(clients[k].labels[last.indices], server.labels[last.indices])
                 # and the mirror knows exactly what the client holds
-                assert torch.equal(mirrors.written[k], clients[k].written)
-        drawn = torch.randperm(public, generator=g)[
-            : int(torch.randint(1, public, (1,), generator=g))
-        ]
+                assert np.array_equal(mirrors.written[k], clients[k].written)
+        drawn = g.permutation(public)[: int(g.integers(1, public))]
         plan = server.plan_requests(drawn, r, duration)
-        fresh = torch.softmax(torch.randn(plan.requested.numel(), classes, generator=g), -1)
+        fresh = softmax_rows(g, plan.requested.size, classes)
         last = server.commit(plan, fresh, r, duration)
         # the request rule and the signals use the same predicate
-        assert (last.signals[plan.requested.numel() :] == int(C_)).all()
-        assert (last.signals[: plan.requested.numel()] != int(C_)).all()
+        assert (last.signals[plan.requested.size :] == int(C_)).all()
+        assert (last.signals[: plan.requested.size] != int(C_)).all()
 
 
 def test_full_participation_needs_no_catch_up_and_digests_match():
-    g = torch.Generator().manual_seed(0)
+    g = np.random.default_rng(0)
     server, client, mirrors = ServerCache(50, 4), ClientCache(50, 4), ClientMirrors(1, 50)
     for r in range(30):
-        plan = server.plan_requests(torch.randperm(50, generator=g)[:10], r, 3)
-        commit = server.commit(
-            plan, torch.softmax(torch.randn(plan.requested.numel(), 4, generator=g), -1), r, 3
-        )
+        plan = server.plan_requests(g.permutation(50)[:10], r, 3)
+        commit = server.commit(plan, softmax_rows(g, plan.requested.size, 4), r, 3)
         assert mirrors.diff(0, commit).is_empty
         mirrors.record_delivery(0, commit, server)
         client.restore(r, commit.indices, commit.signals, commit.fresh_labels)
@@ -193,16 +190,16 @@ def test_full_participation_needs_no_catch_up_and_digests_match():
 def test_a_client_that_missed_rounds_is_sent_the_labels_it_lacks_before_the_signals():
     # Given client 1 missed round 0's signals; both entries were cached in round 0
     server, mirrors = ServerCache(4, 2), ClientMirrors(2, 4)
-    c0 = server.commit(
-        server.plan_requests(torch.tensor([0, 1]), 0, 5), _labels_for(0, [0, 1]), 0, 5
-    )
+    c0 = server.commit(server.plan_requests(np.array([0, 1]), 0, 5), _labels_for(0, [0, 1]), 0, 5)
     mirrors.record_delivery(0, c0, server)
     # When round 1 reuses 0 and 1 (both CACHED)
-    c1 = server.commit(server.plan_requests(torch.tensor([0, 1]), 1, 5), torch.empty(0, 2), 1, 5)
+    c1 = server.commit(
+        server.plan_requests(np.array([0, 1]), 1, 5), np.empty((0, 2), dtype=np.float32), 1, 5
+    )
     diff = mirrors.diff(1, c1)
     # Then client 1 is sent both labels before the signals; client 0 nothing
     assert diff.update_indices.tolist() == [0, 1]
-    assert torch.equal(diff.update_labels, c0.targets)
+    assert np.array_equal(diff.update_labels, c0.targets)
     assert mirrors.diff(0, c1).is_empty
 
 
@@ -220,23 +217,25 @@ def test_adaptive_reuse_refreshes_drifted_entries_early_and_keeps_stable_ones_lo
     age, drift, reused
 ):
     # D = 2, max duration = 4, threshold = 0.2
-    got = adaptive_reuse(torch.tensor([10]), 10 + age, 2, 4, torch.tensor([drift]), 0.2)
+    got = adaptive_reuse(np.array([10]), 10 + age, 2, 4, np.array([drift]), 0.2)
     assert bool(got[0]) is reused
 
 
 def test_an_adaptive_commit_refreshes_present_entries_in_place_and_clients_follow():
     server, client = ServerCache(4, 2), ClientCache(4, 2)
     c0 = server.commit(
-        server.plan_requests(torch.tensor([0, 1]), 0, 3), _labels_for(0, [0, 1]), 0, 3, max_age=6
+        server.plan_requests(np.array([0, 1]), 0, 3), _labels_for(0, [0, 1]), 0, 3, max_age=6
     )
     client.restore(0, c0.indices, c0.signals, c0.fresh_labels)
     # round 1: entry 0 drifted (refresh), entry 1 reused
-    plan = server.plan_requests(torch.tensor([0, 1]), 1, 3, reuse=torch.tensor([False, True]))
+    plan = server.plan_requests(np.array([0, 1]), 1, 3, reuse=np.array([False, True]))
     c1 = server.commit(plan, _labels_for(1, [0]), 1, 3, max_age=6)
     assert c1.signals.tolist() == [int(N), int(C_)]
     assert server.written.tolist()[:2] == [1, 0]
-    assert torch.equal(client.restore(1, c1.indices, c1.signals, c1.fresh_labels), c1.targets)
+    assert np.array_equal(client.restore(1, c1.indices, c1.signals, c1.fresh_labels), c1.targets)
     assert client.digest() == server.digest()
     # an entry kept past D (age 5 <= max 6) is accepted by the commit
-    plan = server.plan_requests(torch.tensor([1]), 5, 3, reuse=torch.tensor([True]))
-    assert server.commit(plan, torch.empty(0, 2), 5, 3, max_age=6).signals.tolist() == [int(C_)]
+    plan = server.plan_requests(np.array([1]), 5, 3, reuse=np.array([True]))
+    assert server.commit(
+        plan, np.empty((0, 2), dtype=np.float32), 5, 3, max_age=6
+    ).signals.tolist() == [int(C_)]

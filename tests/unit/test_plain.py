@@ -5,11 +5,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import msgpack
+import numpy as np
 import pytest
-import torch
-from torch import Tensor
 
 from shared.accounting import ByteLedger
+from shared.arrays import AnyArray, IndexArray
 from shared.cache_policy import CacheCommit
 from shared.errors import DecodeError
 from shared.protocol.messages import DistillTargets
@@ -24,7 +24,7 @@ class Colour(StrEnum):
 @dataclass(frozen=True)
 class Inner:
     name: str
-    weights: Tensor
+    weights: AnyArray
 
 
 @dataclass
@@ -54,10 +54,10 @@ def _outer() -> Outer:
         flag=True,
         blob=b"\x00\xff",
         colour=Colour.BLUE,
-        inner=Inner("a", torch.arange(6, dtype=torch.float32).reshape(2, 3)),
+        inner=Inner("a", np.arange(6, dtype=np.float32).reshape(2, 3)),
         ids=(4, 1, 9),
         pair=("x", 2),
-        items=[Inner("b", torch.tensor([1, 2], dtype=torch.int64))],
+        items=[Inner("b", np.array([1, 2], dtype=np.int64))],
         by_client={7: 0.5, 2: math.nan},
         by_name={"accepted": 3},
     )
@@ -72,29 +72,30 @@ def test_a_nested_dataclass_survives_msgpack_field_for_field():
     assert back.count == 3 and back.ratio == 0.25 and back.flag is True
     assert back.blob == b"\x00\xff" and back.colour is Colour.BLUE
     assert back.ids == (4, 1, 9) and back.pair == ("x", 2)
-    assert back.inner is not None and torch.equal(back.inner.weights, original.inner.weights)
-    assert back.inner.weights.dtype == torch.float32
-    assert back.items[0].weights.dtype == torch.int64
+    assert back.inner is not None and np.array_equal(back.inner.weights, original.inner.weights)
+    assert back.inner.weights.dtype == np.float32
+    assert back.items[0].weights.dtype == np.int64
     assert back.by_client[7] == 0.5 and math.isnan(back.by_client[2])
     assert back.by_name == {"accepted": 3}
 
 
 def test_protocol_and_cache_records_round_trip():
-    targets = DistillTargets(3, torch.tensor([5, 1]), None, torch.rand(2, 4))
+    rng = np.random.default_rng(0)
+    targets = DistillTargets(3, np.array([5, 1]), None, rng.random((2, 4), dtype=np.float32))
     back = _roundtrip(DistillTargets, targets)
     assert back.round == 3 and back.signals is None
-    assert torch.equal(back.indices, targets.indices)
-    assert torch.equal(back.fresh_labels, targets.fresh_labels)
+    assert np.array_equal(back.indices, targets.indices)
+    assert np.array_equal(back.fresh_labels, targets.fresh_labels)
     commit = CacheCommit(
         2,
-        torch.tensor([1, 2]),
-        torch.tensor([1, 0]),
-        torch.rand(2, 3),
-        torch.rand(1, 3),
-        torch.tensor([-1, 0]),
-        torch.zeros(2, 3),
+        np.array([1, 2]),
+        np.array([1, 0]),
+        rng.random((2, 3), dtype=np.float32),
+        rng.random((1, 3), dtype=np.float32),
+        np.array([-1, 0]),
+        np.zeros((2, 3), dtype=np.float32),
     )
-    assert torch.equal(_roundtrip(CacheCommit, commit).previous_written, commit.previous_written)
+    assert np.array_equal(_roundtrip(CacheCommit, commit).previous_written, commit.previous_written)
 
 
 def test_a_ledger_round_trips_with_its_counts():
@@ -143,3 +144,14 @@ def test_missing_or_unknown_fields_are_refused():
 def test_unsupported_values_are_a_programming_error():
     with pytest.raises(TypeError):
         to_plain(object())
+
+
+@dataclass(frozen=True)
+class Rounds:
+    written: IndexArray
+
+
+def test_an_array_of_another_dtype_than_its_annotation_is_refused():
+    blob = to_plain(Rounds(np.array([1.0, 2.0], dtype=np.float32)))
+    with pytest.raises(DecodeError, match="dtype float32, expected int64"):
+        from_plain(Rounds, blob)

@@ -23,8 +23,8 @@ from collections.abc import Callable
 import msgpack
 import numpy as np
 import torch
-from torch import Tensor
 
+from shared.arrays import LabelArray
 from shared.data import load_dataset
 from shared.distill.training import evaluate, predict, train_supervised
 from shared.models import build_model
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     before, after, accuracy = soft_labels(args.dataset, args.rows, args.epochs, args.private)
     print(
         f"{args.dataset}: {len(after)} x {after.shape[1]} soft labels, CNN test accuracy "
-        f"{accuracy:.3f}, mean max-probability {after.max(dim=1).values.mean():.3f}, "
-        f"mean |after - before| {(after - before).abs().mean():.4f}"
+        f"{accuracy:.3f}, mean max-probability {after.max(axis=1).mean():.3f}, "
+        f"mean |after - before| {np.abs(after - before).mean():.4f}"
     )
     print(
         f"{'codec':<16}{'layout':>7}{'B/row':>8}{'x f32':>8}{'B/H':>7}{'max err':>10}"
@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         print(measure(CodecSpec.parse(text), before, after))
 
 
-def soft_labels(dataset: str, rows: int, epochs: int, private: int) -> tuple[Tensor, Tensor, float]:
+def soft_labels(
+    dataset: str, rows: int, epochs: int, private: int
+) -> tuple[LabelArray, LabelArray, float]:
     """(before, after, test accuracy): predictions on ``rows`` public examples."""
     train, test = load_dataset(dataset)
     generator = torch.Generator().manual_seed(0)
@@ -83,17 +85,18 @@ def soft_labels(dataset: str, rows: int, epochs: int, private: int) -> tuple[Ten
     model = build_model("cnn", train.input_shape, train.num_classes, seed=0)
     images, labels = train.images[own], train.labels[own]
 
-    def fit(count: int) -> Tensor:
+    def fit(count: int) -> LabelArray:
         train_supervised(
             model, images, labels, epochs=count, batch_size=32, lr=0.05, generator=generator
         )
-        return predict(model, train.images[public])
+        probs: LabelArray = predict(model, train.images[public]).numpy()
+        return probs
 
     before, after = fit(epochs), fit(1)
     return before, after, evaluate(model, test.images, test.labels)
 
 
-def measure(spec: CodecSpec, before: Tensor, after: Tensor) -> str:
+def measure(spec: CodecSpec, before: LabelArray, after: LabelArray) -> str:
     """One table row for ``spec``."""
     reference = roundtrip(before, spec) if spec.delta else None
     n, c = after.shape
@@ -102,14 +105,14 @@ def measure(spec: CodecSpec, before: Tensor, after: Tensor) -> str:
     decoded = decode_soft_labels(
         msgpack.unpackb(msgpack.packb(payload)), reference=reference, max_rows=n, num_classes=c
     )
-    error = (decoded - after).abs()
+    error = np.abs(decoded - after)
     entropy_bytes = entropy_bits(symbols(spec, after, reference)) / 8
-    mb = after.numel() * 4 / 1e6
+    mb = after.size * 4 / 1e6
     encode_s = best_time(lambda: encode_soft_labels(after, spec, reference))
     decode_s = best_time(
         lambda: decode_soft_labels(payload, reference=reference, max_rows=n, num_classes=c)
     )
-    top1 = (decoded.argmax(dim=1) == after.argmax(dim=1)).float().mean().item()
+    top1 = float((decoded.argmax(axis=1) == after.argmax(axis=1)).mean())
     return (
         f"{str(spec):<16}{str(payload['layout']):>7}{wire / n:>8.2f}{n * c * 4 / wire:>8.1f}"
         f"{wire / entropy_bytes if entropy_bytes else float('inf'):>7.2f}"
@@ -118,16 +121,16 @@ def measure(spec: CodecSpec, before: Tensor, after: Tensor) -> str:
     )
 
 
-def symbols(spec: CodecSpec, probs: Tensor, reference: Tensor | None) -> np.ndarray:
+def symbols(spec: CodecSpec, probs: LabelArray, reference: LabelArray | None) -> np.ndarray:
     """What the codec encodes, one symbol per matrix entry."""
     if spec.kind == "f32":
-        return probs.numpy().view(np.uint32)
+        return probs.view(np.uint32)
     if spec.kind == "f16":
-        return probs.numpy().astype(np.float16).view(np.uint16)
+        return probs.astype(np.float16).view(np.uint16)
     codes = quantize_simplex(probs, spec.bits)
     if reference is not None:
         codes = codes - quantize_simplex(reference, spec.bits)
-    return codes.numpy()
+    return codes
 
 
 def entropy_bits(values: np.ndarray) -> float:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import torch
+import numpy as np
 
 from services.aggregator.coordinator import RoundCoordinator
 from services.worker.handler import TaskHandler
+from shared.arrays import LabelArray
 from shared.config import FederationConfig, ServiceSettings
 from shared.data import FederatedData
 from shared.metrics import Metrics
@@ -116,9 +117,9 @@ class EmbeddedFederation:
             on_round(record)
         return record
 
-    def global_labels(self) -> torch.Tensor:
-        """The global cache's labels (|P|, C); zeros for DS-FL (no cache)."""
+    def global_labels(self) -> LabelArray:
+        """The global cache's labels (|P|, C), a copy; zeros for DS-FL (no cache)."""
         cache = self.aggregator.core.cache
         if cache is None:
-            return torch.zeros(self.config.public_size, self.data.num_classes)
-        return cache.labels.clone()
+            return np.zeros((self.config.public_size, self.data.num_classes), dtype=np.float32)
+        return cache.labels.copy()

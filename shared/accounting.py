@@ -30,16 +30,16 @@ _I64 = 8
 
 def paper_task_bytes(task: TrainTask, num_classes: int) -> int:
     """Tensor bytes of a downlink task under the paper's accounting."""
-    total = _I64 * task.request_indices.numel()
+    total = _I64 * task.request_indices.size
     if task.targets is not None:
         t = task.targets
-        total += _F32 * num_classes * t.fresh_labels.shape[0] + _I64 * t.indices.numel()
+        total += _F32 * num_classes * t.fresh_labels.shape[0] + _I64 * t.indices.size
         if t.signals is not None:
-            total += _I64 * t.signals.numel()
+            total += _I64 * t.signals.size
     if task.catch_up is not None:
         c = task.catch_up
-        total += (_F32 * num_classes + _I64) * c.update_indices.numel()
-        total += _I64 * c.clear_indices.numel()
+        total += (_F32 * num_classes + _I64) * c.update_indices.size
+        total += _I64 * c.clear_indices.size
     return total
 
 
@@ -49,7 +49,7 @@ def paper_upload_bytes(upload: SoftLabelUpload, num_classes: int, *, hard: bool 
     With ``hard`` (CFD) a label is one int64 class index, as the official code counts it.
     """
     per_label = _I64 if hard else _F32 * num_classes
-    return (per_label + _I64) * upload.indices.numel()
+    return (per_label + _I64) * upload.indices.size
 
 
 def dsfl_task_bytes(previous: int, requested: int, num_classes: int) -> int:
@@ -97,7 +97,7 @@ class ByteLedger:
         if task.targets is not None:
             labels += task.targets.fresh_labels.shape[0]
         if task.catch_up is not None:
-            labels += task.catch_up.update_indices.numel()
+            labels += task.catch_up.update_indices.size
         self.down.add(
             wire=wire,
             paper=paper_task_bytes(task, num_classes),
@@ -122,7 +122,7 @@ class ByteLedger:
             wire=wire,
             paper=paper_upload_bytes(upload, num_classes, hard=hard),
             baseline=dsfl_upload_bytes(dsfl_requested, num_classes),
-            labels=upload.indices.numel(),
+            labels=upload.indices.size,
         )
 
     def add_unaccepted_upload(self, wire: int) -> None:

@@ -144,8 +144,8 @@ def run_instrumented(config: FederationConfig, name: str) -> SweepRun:
         # the uploads are still held here; close_round() clears them
         ordered = [core.uploads[k] for k in sorted(core.uploads)]
         if ordered:
-            labels = torch.cat([u.soft_labels for u in ordered])
-            index = torch.cat([u.indices for u in ordered])
+            labels = torch.from_numpy(np.concatenate([u.soft_labels for u in ordered]))
+            index = torch.from_numpy(np.concatenate([u.indices for u in ordered]))
             means, _ = mean_by_index(labels, index, config.public_size)
             run.last_means = means
             run.input_entropy.append(mean_entropy(means))
@@ -157,7 +157,8 @@ def run_instrumented(config: FederationConfig, name: str) -> SweepRun:
 
     def on_round(_: RoundRecord) -> None:
         sent = core.downlink_targets
-        run.sent_entropy.append(mean_entropy(sent.fresh_labels) if sent else math.nan)
+        sent_labels = None if sent is None else torch.from_numpy(sent.fresh_labels)
+        run.sent_entropy.append(math.nan if sent_labels is None else mean_entropy(sent_labels))
 
     run.results = fed.run(on_round)
     return run

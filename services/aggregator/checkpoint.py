@@ -9,13 +9,15 @@ on their own, and :func:`restore_checkpoint` reads them back.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+import numpy as np
+from torch import nn
 
 from services.aggregator.progress import RoundProgress
+from shared.arrays import IndexArray, LabelArray
 from shared.cache_policy import NEVER, CacheSignal
 from shared.digests import EMPTY_DIGEST
 from shared.errors import StateError
+from shared.models.arrays import load_state_arrays, state_arrays
 from shared.protocol.plain import from_plain, to_plain
 from shared.protocol.tensors import decode_tensor_map, encode_tensor_map
 from shared.rounds.aggregator import AggregatorCore
@@ -29,7 +31,7 @@ def checkpoint_blob(core: AggregatorCore, progress: RoundProgress, server: nn.Mo
     """Everything a restarted aggregator needs besides the store's cache and uploads."""
     extra = {
         "progress": to_plain(progress),
-        "server_model": encode_tensor_map(server.state_dict()),
+        "server_model": encode_tensor_map(state_arrays(server)),
     }
     return dump_aggregator(core, extra)
 
@@ -54,16 +56,16 @@ def restore_checkpoint(
     if core.cache is not None:
         labels, written = _dense_cache(store, core.config.public_size, core.num_classes)
     extra = restore_aggregator(core, blob, labels, written, version)
-    server.load_state_dict(decode_tensor_map(_bytes(extra["server_model"])))
+    load_state_arrays(server, decode_tensor_map(_bytes(extra["server_model"])))
     return from_plain(RoundProgress, extra["progress"], "progress")
 
 
 def cache_update(core: AggregatorCore, store: FederationStore) -> CacheUpdate:
     """What the round just closed changes in the store's cache (empty without a cache)."""
     cache, commit = core.cache, core.last_commit
-    empty = torch.empty(0, dtype=torch.int64)
+    empty = np.empty(0, dtype=np.int64)
     if cache is None or commit is None or commit.round != core.round - 1:
-        labels = torch.empty(0, core.num_classes)
+        labels = np.empty((0, core.num_classes), dtype=np.float32)
         return CacheUpdate(store.cache_version() + 1, EMPTY_DIGEST, empty, empty, labels, empty)
     newly = commit.signals == int(CacheSignal.NEWLY_CACHED)
     expired = commit.signals == int(CacheSignal.EXPIRED)
@@ -80,11 +82,11 @@ def cache_update(core: AggregatorCore, store: FederationStore) -> CacheUpdate:
 
 def _dense_cache(
     store: FederationStore, public_size: int, num_classes: int
-) -> tuple[Tensor, Tensor]:
+) -> tuple[LabelArray, IndexArray]:
     snap = store.cache_snapshot()
-    labels = torch.zeros(public_size, num_classes)
-    written = torch.full((public_size,), NEVER, dtype=torch.int64)
-    if snap.indices.numel():
+    labels = np.zeros((public_size, num_classes), dtype=np.float32)
+    written = np.full(public_size, NEVER, dtype=np.int64)
+    if snap.indices.size:
         labels[snap.indices] = snap.labels
         written[snap.indices] = snap.written
     return labels, written

@@ -13,8 +13,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 
-from torch import Tensor
-
+from shared.arrays import IndexArray
 from shared.cache_policy import CacheSignal
 from shared.metrics import Metrics
 from shared.results import RoundRecord
@@ -52,7 +51,7 @@ class RoundObserver:
     def phase_timed(self, phase: str, seconds: float) -> None:
         """A phase of the round (select, collect, aggregate, distill) took ``seconds``."""
 
-    def round_recorded(self, record: RoundRecord, signals: Tensor | None) -> None:
+    def round_recorded(self, record: RoundRecord, signals: IndexArray | None) -> None:
         """The round's record is final; ``signals`` are its cache signals (None: no cache)."""
 
 
@@ -99,7 +98,7 @@ class MetricsObserver(RoundObserver):
         """Observe the phase duration."""
         self.metrics.round_phase_seconds.labels(phase=phase).observe(seconds)
 
-    def round_recorded(self, record: RoundRecord, signals: Tensor | None) -> None:
+    def round_recorded(self, record: RoundRecord, signals: IndexArray | None) -> None:
         """Bytes by accounting, savings, cache, accuracy and round series."""
         self._bytes(record)
         m, r = self.metrics, record

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-import torch
+import numpy as np
 
 from shared.config import FederationConfig
 from shared.protocol.messages import TrainTask
@@ -77,7 +77,7 @@ def judge_task(task: TrainTask, config: FederationConfig, completed_round: int) 
     if task.client_id not in sampled_clients(config, t):
         return _misfit(f"client {task.client_id} was not sampled in round {t}")
     drawn = drawn_public_indices(config, t)
-    if not bool(torch.isin(task.request_indices, drawn).all()):
+    if not bool(np.isin(task.request_indices, drawn).all()):
         return _misfit(f"round {t} requests public indices that were not drawn")
     return Verdict(Fit.NEW)
 

@@ -19,9 +19,10 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from torch import Tensor
+import numpy as np
 
 from services.worker.admission import Fit, judge_task
+from shared.arrays import LabelArray
 from shared.cache_policy import ClientCache
 from shared.errors import (
     CacheDesync,
@@ -75,7 +76,7 @@ class Job:
     delivery: Delivery
     task: TrainTask
     runtime: ClientRuntime
-    targets: Tensor | None
+    targets: LabelArray | None
     upload: SoftLabelUpload | None = None
 
 
@@ -181,7 +182,7 @@ class TaskHandler:
             delivery.ack()
             self._count("stale")
             return None
-        assert targets is None or isinstance(targets, Tensor)
+        assert targets is None or isinstance(targets, np.ndarray)
         return Job(delivery, task, runtime, targets)
 
     def learn(self, job: Job) -> None:
@@ -214,7 +215,7 @@ class TaskHandler:
         )
         return job.upload
 
-    def _restore(self, task: TrainTask, runtime: ClientRuntime) -> Tensor | None | object:
+    def _restore(self, task: TrainTask, runtime: ClientRuntime) -> LabelArray | None | object:
         try:
             return runtime.restore_targets(task)
         except CacheDesync:

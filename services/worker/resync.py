@@ -32,8 +32,6 @@ import re
 import time
 import uuid
 
-import torch
-
 from shared.cache_policy import NEVER, ClientCache
 from shared.errors import (
     AccessRefused,
@@ -194,8 +192,8 @@ class CacheResync:
             raise ValueError("sync: cannot install an error response")
         if response.full:
             _reset(cache)
-        cache.labels[response.indices] = response.labels.to(torch.float32)
-        cache.written[response.indices] = response.written.to(torch.int64)
+        cache.labels[response.indices] = response.labels
+        cache.written[response.indices] = response.written
         cache.labels[response.cleared] = 0.0
         cache.written[response.cleared] = NEVER
         digest = cache.digest()
@@ -245,8 +243,8 @@ class CacheResync:
             self._client_id,
             response.version,
             "full" if response.full else f"changes since {known_version}",
-            response.indices.numel(),
-            response.cleared.numel(),
+            response.indices.size,
+            response.cleared.size,
         )
         return response.version
 
@@ -319,5 +317,5 @@ class CacheResync:
 
 
 def _reset(cache: ClientCache) -> None:
-    cache.labels.zero_()
-    cache.written.fill_(NEVER)
+    cache.labels.fill(0.0)
+    cache.written.fill(NEVER)

@@ -3,6 +3,10 @@
 ``IDLE --open_round--> COLLECTING --close_round--> IDLE`` (round number advanced).
 No I/O, no clock: the caller decides *when* to close (quorum or deadline) and does the
 publishing, the server-model distillation and the persistence.
+
+Indices, signals and labels are numpy arrays, as the protocol and the cache rules hold
+them; torch runs only the seeded draws and the aggregation math (:mod:`shared.distill`),
+converted at that edge without copies.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
 import torch
-from torch import Tensor
 
+from shared.arrays import BoolArray, IndexArray, LabelArray
 from shared.cache_policy import (
     NEVER,
     CacheCommit,
@@ -57,13 +62,14 @@ def sampled_clients(config: FederationConfig, round_no: int) -> tuple[int, ...]:
     )
 
 
-def drawn_public_indices(config: FederationConfig, round_no: int) -> Tensor:
+def drawn_public_indices(config: FederationConfig, round_no: int) -> IndexArray:
     """The public indices drawn in round ``round_no``; every request is a subset of them."""
-    return sample_public_indices(
+    drawn: IndexArray = sample_public_indices(
         config.public_size,
         config.public_per_round,
         round_generator(config.seed, round_no, _PUBLIC_STREAM),
-    )
+    ).numpy()
+    return drawn
 
 
 class RoundPhase(StrEnum):
@@ -89,8 +95,8 @@ class RoundResult:
     round: int
     clients: tuple[int, ...]  # sampled
     contributors: tuple[int, ...]  # whose uploads were aggregated
-    indices: Tensor  # (n,) distillation set: requested then reused
-    targets: Tensor  # (n, C) global soft labels
+    indices: IndexArray  # (n,) distillation set: requested then reused
+    targets: LabelArray  # (n, C) global soft labels
     requested: int
     reused: int
     cache_version: int
@@ -111,7 +117,7 @@ class AggregatorCore:
         self,
         config: FederationConfig,
         num_classes: int,
-        label_roundtrip: Callable[[Tensor], Tensor] | None = None,
+        label_roundtrip: Callable[[LabelArray], LabelArray] | None = None,
     ) -> None:
         self.config = config
         self.num_classes = num_classes
@@ -138,7 +144,9 @@ class AggregatorCore:
         """Version of the global cache (0 without a cache)."""
         return 0 if self.cache is None else self.cache.version
 
-    def open_round(self, server_view: Callable[[Tensor], Tensor] | None = None) -> list[TrainTask]:
+    def open_round(
+        self, server_view: Callable[[IndexArray], LabelArray] | None = None
+    ) -> list[TrainTask]:
         """Sample clients and public indices, plan the cache, build each client's task.
 
         Args:
@@ -158,29 +166,30 @@ class AggregatorCore:
             reuse = self._adaptive_reuse(drawn, t, server_view)
             self.plan = self.cache.plan_requests(drawn, t, cfg.cache_duration, reuse=reuse)
         else:
-            self.plan = RequestPlan(torch.sort(drawn).values, torch.empty(0, dtype=torch.int64))
+            self.plan = RequestPlan(np.sort(drawn), np.empty(0, dtype=np.int64))
         self.uploads = {}
         self.phase = RoundPhase.COLLECTING
         return [self._task_for(k) for k in self.clients]
 
     def _adaptive_reuse(
-        self, drawn: Tensor, t: int, server_view: Callable[[Tensor], Tensor] | None
-    ) -> Tensor | None:
+        self, drawn: IndexArray, t: int, server_view: Callable[[IndexArray], LabelArray] | None
+    ) -> BoolArray | None:
         cfg, cache = self.config, self.cache
         if cfg.cache_policy != "adaptive" or cache is None:
             return None
         written = cache.written[drawn]
-        drift = torch.ones(drawn.numel())
+        drift = np.ones(drawn.size, dtype=np.float32)
         present = written != NEVER
         if server_view is not None and bool(present.any()):
             view = sharpen(
-                server_view(drawn[present]),
+                torch.from_numpy(server_view(drawn[present])),
                 method=cfg.sharpening,
                 temperature=cfg.temperature,
                 beta=cfg.beta,
             )
             # total variation distance between the cached label and today's view
-            drift[present] = 0.5 * (cache.labels[drawn[present]] - view).abs().sum(dim=1)
+            cached = torch.from_numpy(cache.labels[drawn[present]])
+            drift[present] = (0.5 * (cached - view).abs().sum(dim=1)).numpy()
         return adaptive_reuse(
             written,
             t,
@@ -224,11 +233,11 @@ class AggregatorCore:
         if upload.client_id in self.uploads:
             return UploadOutcome.DUPLICATE
         assert self.plan is not None
-        if upload.client_id not in self.clients or not torch.equal(
+        if upload.client_id not in self.clients or not np.array_equal(
             upload.indices, self.plan.requested
         ):
             return UploadOutcome.REJECTED
-        if upload.soft_labels.shape != (upload.indices.numel(), self.num_classes):
+        if upload.soft_labels.shape != (upload.indices.size, self.num_classes):
             return UploadOutcome.REJECTED
         return UploadOutcome.ACCEPTED
 
@@ -251,7 +260,7 @@ class AggregatorCore:
         """
         if self.phase is not RoundPhase.COLLECTING or self.plan is None:
             raise RoundStateConflict(f"close: round={self.round} is not open")
-        if not self.uploads and self.plan.requested.numel():
+        if not self.uploads and self.plan.requested.size:
             raise RoundStateConflict(f"close: round={self.round} has no accepted upload")
         t, cfg, plan = self.round, self.config, self.plan
         fresh = self._aggregate(plan)
@@ -273,14 +282,14 @@ class AggregatorCore:
             contributors=tuple(sorted(self.uploads)),
             indices=indices,
             targets=targets,
-            requested=plan.requested.numel(),
-            reused=plan.reused.numel(),
+            requested=plan.requested.size,
+            reused=plan.reused.size,
             cache_version=self.cache_version,
         )
         self.round, self.phase, self.uploads = t + 1, RoundPhase.IDLE, {}
         return result
 
-    def replace_downlink_labels(self, labels: Tensor) -> None:
+    def replace_downlink_labels(self, labels: LabelArray) -> None:
         """CFD: send the server model's predictions (n, C) instead of the aggregate.
 
         Only for algorithms without a cache; the rows follow the last round's indices.
@@ -301,13 +310,13 @@ class AggregatorCore:
             previous.round, previous.indices, None, self._roundtrip(labels)
         )
 
-    def _aggregate(self, plan: RequestPlan) -> Tensor:
-        if not plan.requested.numel():
-            return torch.empty(0, self.num_classes)
+    def _aggregate(self, plan: RequestPlan) -> LabelArray:
+        if not plan.requested.size:
+            return np.empty((0, self.num_classes), dtype=np.float32)
         # sort by client id: float sums must not depend on arrival order
         ordered = [self.uploads[k] for k in sorted(self.uploads)]
-        labels = torch.cat([u.soft_labels for u in ordered])
-        index = torch.cat([u.indices for u in ordered])
+        labels = torch.from_numpy(np.concatenate([u.soft_labels for u in ordered]))
+        index = torch.from_numpy(np.concatenate([u.indices for u in ordered]))
         means, _ = mean_by_index(labels, index, self.config.public_size)
         sharpened = sharpen(
             means,
@@ -315,4 +324,4 @@ class AggregatorCore:
             temperature=self.config.temperature,
             beta=self.config.beta,
         )
-        return self._roundtrip(sharpened)
+        return self._roundtrip(sharpened.numpy())

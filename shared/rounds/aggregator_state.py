@@ -2,7 +2,7 @@
 
 The blob holds everything but the global cache entries and the accepted uploads, which
 the state store keeps on their own (written in the same transaction as the blob at each
-round commit, and per upload as they arrive). Tensors travel as raw little-endian bytes;
+round commit, and per upload as they arrive). Arrays travel as raw little-endian bytes;
 nothing here executes code on load.
 """
 
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import torch
+import numpy as np
 import zstandard
-from torch import Tensor
 
+from shared.arrays import IndexArray, LabelArray
 from shared.cache_policy import CacheCommit, RequestPlan
 from shared.errors import DecodeError, StateError
 from shared.protocol.messages import DistillTargets
@@ -54,7 +54,7 @@ def dump_aggregator(core: AggregatorCore, extra: Mapping[str, object] | None = N
     """
     mirrors = None
     if core.mirrors is not None:
-        raw = core.mirrors.written.numpy().astype("<i8").tobytes()
+        raw = core.mirrors.written.astype("<i8").tobytes()
         mirrors = zstandard.ZstdCompressor(level=3).compress(raw)
     state = _CoreState(
         v=_VERSION,
@@ -78,8 +78,8 @@ def dump_aggregator(core: AggregatorCore, extra: Mapping[str, object] | None = N
 def restore_aggregator(
     core: AggregatorCore,
     blob: bytes,
-    cache_labels: Tensor | None,
-    cache_written: Tensor | None,
+    cache_labels: LabelArray | None,
+    cache_written: IndexArray | None,
     cache_version: int,
 ) -> dict[str, Any]:
     """Load ``blob`` into a freshly built ``core``; returns the ``extra`` map.
@@ -106,8 +106,8 @@ def restore_aggregator(
                 f"aggregator state: cache version {cache_version} in the store, "
                 f"{state.cache_version} in the aggregator state"
             )
-        core.cache.labels = cache_labels.clone()
-        core.cache.written = cache_written.clone()
+        core.cache.labels = cache_labels.copy()
+        core.cache.written = cache_written.copy()
         core.cache.version = cache_version
     core.round = state.round
     core.phase = state.phase
@@ -119,7 +119,7 @@ def restore_aggregator(
     if core.mirrors is not None and state.mirrors is not None:
         raw = zstandard.ZstdDecompressor().decompress(state.mirrors)
         shape = core.mirrors.written.shape
-        core.mirrors.written = torch.frombuffer(bytearray(raw), dtype=torch.int64).reshape(shape)
+        core.mirrors.written = np.frombuffer(raw, dtype="<i8").astype(np.int64).reshape(shape)
     core.uploads = {}
     return state.extra
 

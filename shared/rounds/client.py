@@ -2,7 +2,8 @@
 
 A :class:`ClientRuntime` turns a :class:`TrainTask` into a :class:`SoftLabelUpload`. It
 owns the client's model and cache replica; where the task came from and where the upload
-goes is the caller's business.
+goes is the caller's business. The task's and the upload's arrays are numpy; the model
+side converts them with ``torch.from_numpy`` and ``Tensor.numpy()``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from shared.arrays import AnyArray, LabelArray
 from shared.cache_policy import CatchUpDiff, ClientCache, targets_digest
 from shared.config import FederationConfig
 from shared.data import ImageDataset
@@ -21,6 +24,7 @@ from shared.distill.sampling import round_generator
 from shared.distill.training import distill, evaluate, predict, train_supervised
 from shared.errors import CacheDesync
 from shared.models import build_model
+from shared.models.arrays import load_state_arrays, state_arrays
 from shared.protocol.messages import DistillTargets, SoftLabelUpload, TrainTask
 
 __all__ = ["ClientRuntime", "PhaseTimes"]
@@ -81,7 +85,7 @@ class ClientRuntime:
         """
         return self.learn(task, self.restore_targets(task))
 
-    def learn(self, task: TrainTask, targets: Tensor | None) -> SoftLabelUpload:
+    def learn(self, task: TrainTask, targets: LabelArray | None) -> SoftLabelUpload:
         """Distil on ``targets`` (round t-1's labels), train, predict on the requested samples.
 
         This is the long part of a round and touches only the model: services run it on a
@@ -92,8 +96,8 @@ class ClientRuntime:
             start = time.perf_counter()
             distill(
                 self.model,
-                self.public[task.targets.indices],
-                targets,
+                self.public[torch.from_numpy(task.targets.indices)],
+                torch.from_numpy(targets),
                 epochs=cfg.distill_epochs,
                 batch_size=cfg.distill_batch_size,
                 lr=cfg.distill_lr,
@@ -111,7 +115,7 @@ class ClientRuntime:
         )
         times.train = time.perf_counter() - start
         start = time.perf_counter()
-        probs = predict(self.model, self.public[task.request_indices])
+        probs = predict(self.model, self.public[torch.from_numpy(task.request_indices)])
         if cfg.algorithm == "cfd":
             # CFD uploads hard labels: the one-hot argmax, exactly representable by any codec
             probs = torch.nn.functional.one_hot(probs.argmax(dim=1), self.num_classes).float()
@@ -122,12 +126,12 @@ class ClientRuntime:
             round=task.round,
             client_id=self.client_id,
             indices=task.request_indices,
-            soft_labels=probs,
+            soft_labels=probs.numpy(),
             train_loss=loss,
             client_accuracy=self._evaluate(task.round),
         )
 
-    def restore_targets(self, task: TrainTask) -> Tensor | None:
+    def restore_targets(self, task: TrainTask) -> LabelArray | None:
         """Apply the task's catch-up and signals to the replica; return (n, C) targets.
 
         Returns None in round 0 (nothing to distil on yet).
@@ -164,28 +168,24 @@ class ClientRuntime:
             return math.nan
         return evaluate(self.model, self.test.images, self.test.labels)
 
-    def state_dict(self) -> dict[str, Tensor]:
-        """Everything that must survive between rounds: model weights and cache replica."""
-        state = {f"model.{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
+    def state_dict(self) -> dict[str, AnyArray]:
+        """Everything that must survive between rounds: model weights and cache replica.
+
+        numpy arrays (copies), ready for :func:`~shared.protocol.tensors.encode_tensor_map`.
+        """
+        state = state_arrays(self.model, "model.")
         if self.cache is not None:
-            state["cache.labels"] = self.cache.labels.clone()
-            state["cache.written"] = self.cache.written.clone()
-        state["progress.completed_round"] = torch.tensor([self.completed_round])
-        state["progress.last_upload"] = (
-            torch.frombuffer(bytearray(self.last_upload), dtype=torch.uint8)
-            if self.last_upload
-            else torch.empty(0, dtype=torch.uint8)
-        )
+            state["cache.labels"] = self.cache.labels.copy()
+            state["cache.written"] = self.cache.written.copy()
+        state["progress.completed_round"] = np.array([self.completed_round], dtype=np.int64)
+        state["progress.last_upload"] = np.frombuffer(self.last_upload, dtype=np.uint8).copy()
         return state
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, AnyArray]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        prefix = "model."
-        self.model.load_state_dict(
-            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        )
+        load_state_arrays(self.model, state, "model.")
         if self.cache is not None:
-            self.cache.labels = state["cache.labels"].clone()
-            self.cache.written = state["cache.written"].clone()
+            self.cache.labels = state["cache.labels"].copy()
+            self.cache.written = state["cache.written"].copy()
         self.completed_round = int(state["progress.completed_round"][0])
-        self.last_upload = state["progress.last_upload"].numpy().tobytes()
+        self.last_upload = state["progress.last_upload"].tobytes()

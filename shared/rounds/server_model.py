@@ -1,12 +1,18 @@
-"""The server model: trained only by distillation on the global soft labels."""
+"""The server model: trained only by distillation on the global soft labels.
+
+Its methods take and return numpy arrays (public indices, soft labels), as the round
+logic holds them; the tensors stay inside.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
+from shared.arrays import IndexArray, LabelArray
 from shared.config import FederationConfig
 from shared.data import ImageDataset
-from shared.distill.training import distill, evaluate
+from shared.distill.training import distill, evaluate, predict
 from shared.models import build_model
 
 __all__ = ["ServerModel"]
@@ -33,17 +39,22 @@ class ServerModel:
             name, test.input_shape, num_classes, seed=config.seed * 100_003 + 99_991
         )
 
-    def distill(self, indices: Tensor, targets: Tensor) -> float:
+    def distill(self, indices: IndexArray, targets: LabelArray) -> float:
         """Distil on ``targets`` (n, C) for public ``indices`` (n,); returns the last KD loss."""
         cfg = self.config
         return distill(
             self.model,
-            self.public[indices],
-            targets,
+            self.public[torch.from_numpy(indices)],
+            torch.from_numpy(targets),
             epochs=cfg.server_distill_epochs,
             batch_size=cfg.distill_batch_size,
             lr=cfg.distill_lr,
         )
+
+    def predict(self, indices: IndexArray) -> LabelArray:
+        """The model's soft labels (n, C) on the public samples ``indices`` (n,)."""
+        probs: LabelArray = predict(self.model, self.public[torch.from_numpy(indices)]).numpy()
+        return probs
 
     def evaluate(self) -> float:
         """Top-1 accuracy on the full test split."""

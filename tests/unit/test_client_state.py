@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from services.worker.clients import PinnedClient
@@ -37,14 +38,14 @@ def _task(round_no: int, classes: int) -> TrainTask:
     targets = None
     if round_no > 0:
         g = torch.Generator().manual_seed(round_no)
-        indices = torch.sort(drawn_public_indices(CONFIG, round_no - 1)[:6]).values
-        labels = torch.softmax(torch.randn(6, classes, generator=g), dim=1)
+        indices = np.sort(drawn_public_indices(CONFIG, round_no - 1)[:6])
+        labels = torch.softmax(torch.randn(6, classes, generator=g), dim=1).numpy()
         targets = DistillTargets(round_no - 1, indices, None, labels)
     return TrainTask(
         run_id=CONFIG.run_id,
         round=round_no,
         client_id=1,
-        request_indices=torch.sort(drawn_public_indices(CONFIG, round_no)[:5]).values,
+        request_indices=np.sort(drawn_public_indices(CONFIG, round_no)[:5]),
         targets=targets,
         catch_up=None,
         cache_version=0,

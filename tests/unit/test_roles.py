@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
+import numpy as np
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
@@ -198,7 +199,7 @@ def _task(client_id: int) -> TrainTask:
         run_id=CONFIG.run_id,
         round=0,
         client_id=client_id,
-        request_indices=torch.arange(6, dtype=torch.int64),
+        request_indices=np.arange(6, dtype=np.int64),
         targets=None,
         catch_up=None,
         cache_version=0,
@@ -266,13 +267,13 @@ def test_the_aggregator_never_records_an_upload_from_another_clients_identity(da
             *((broker.connect(user=SENDERS.client(k)), k) for k in tasks),
         ):
             task = tasks[k]
-            n = task.request_indices.numel()
+            n = task.request_indices.size
             upload = SoftLabelUpload(
                 config.run_id,
                 task.round,
                 k,
                 task.request_indices,
-                torch.full((n, data.num_classes), 1.0 / data.num_classes),
+                np.full((n, data.num_classes), 1.0 / data.num_classes, dtype=np.float32),
                 0.1,
                 0.5,
             )

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+import numpy as np
 import pytest
-import torch
 from prometheus_client import CollectorRegistry
 
 from services.worker.clients import PinnedClient
@@ -71,9 +71,9 @@ def handler(broker, data, limits) -> TaskHandler:
     return make_handler(broker, data, limits)
 
 
-def drawn(round_no: int, count: int) -> torch.Tensor:
+def drawn(round_no: int, count: int) -> np.ndarray:
     """``count`` of the round's drawn public indices, ascending (a request the rule admits)."""
-    return torch.sort(drawn_public_indices(CONFIG, round_no)[:count]).values
+    return np.sort(drawn_public_indices(CONFIG, round_no)[:count])
 
 
 def round_zero_task(client_id: int = CLIENT) -> TrainTask:
@@ -90,7 +90,7 @@ def round_zero_task(client_id: int = CLIENT) -> TrainTask:
 
 def round_one_task_reusing_the_cache(cache_version: int) -> TrainTask:
     """A task whose targets are all CACHED: only a replica that holds them can restore it."""
-    reused = torch.tensor([2, 5])
+    reused = np.array([2, 5])
     return TrainTask(
         run_id=CONFIG.run_id,
         round=1,
@@ -99,8 +99,8 @@ def round_one_task_reusing_the_cache(cache_version: int) -> TrainTask:
         targets=DistillTargets(
             round=0,
             indices=reused,
-            signals=torch.full((2,), int(CacheSignal.CACHED)),
-            fresh_labels=torch.empty(0, dataset_classes(CONFIG.dataset)),  # nothing fresh
+            signals=np.full(2, int(CacheSignal.CACHED)),
+            fresh_labels=np.empty((0, dataset_classes(CONFIG.dataset)), dtype=np.float32),
         ),
         catch_up=None,
         cache_version=cache_version,
@@ -169,7 +169,7 @@ def test_a_task_yields_exactly_one_upload_for_that_client_round_and_indices(
     assert len(uploads) == 1
     upload = decode_upload(uploads[0], limits)
     assert (upload.run_id, upload.round, upload.client_id) == (task.run_id, 0, CLIENT)
-    assert torch.equal(upload.indices, task.request_indices)
+    assert np.array_equal(upload.indices, task.request_indices)
     assert upload.soft_labels.shape == (len(task.request_indices), limits.num_classes)
     consumer.close()  # an unacked task would go back to its queue here
     assert drain(broker, TASKS) == []

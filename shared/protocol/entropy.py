@@ -3,31 +3,39 @@
 A frame holds one or more *streams* of symbols in ``[0, alphabet)``, each symbol with an
 optional *context* (for soft labels: its class column) that both sides know before the
 stream is read. Each stream is coded either with one model (*pooled*) or with one model
-per context, whichever frame is smaller (the encoder codes both and keeps the shorter:
-integer sizes, so the choice is the same on every machine). A model is the stream's
-empirical histogram, sent first in the frame itself:
+per non-empty context (*split*), whichever frame is smaller: the encoder codes both and
+keeps the shorter (integer sizes, so the choice is the same on every machine).
 
-* ``k``, the number of distinct symbols, and the largest one; the others as presence bits
-  under a Bernoulli model with P(present) = (k - 1) / largest, so the set costs about
-  log2 binomial(largest, k - 1) bits;
-* each count as its bit length (uniform over the lengths up to the context's size) and its
-  top :data:`MANTISSA_BITS` bits below the leading one (counts below 8 are exact; larger
-  ones are off by less than 1/16, which costs under 0.3 % above the empirical entropy);
-* then the symbols as ranks among the present ones (a context with one distinct symbol
-  costs nothing more).
+A model is its context's histogram, sent in the frame itself, before the symbols:
 
-Everything, headers included, is one ANS stack (``constriction``'s ``AnsCoder``, 32-bit
-words, 24-bit probabilities) sent as little-endian 32-bit words, so a frame costs the
-order-0 entropy of each context plus its header and at most a word of rounding. Why
-static models rather than adaptive ones: decoding is a few vectorised calls per context
-instead of one call per symbol, and the header is about what an adaptive model would
-spend learning the same histogram.
+* ``k``, the number of *explicit* symbols, and the largest one; the others as presence
+  bits under a Bernoulli model with P(present) = (k - 1) / largest, so the set costs
+  about log2 binomial(largest, k - 1) bits;
+* whether there is an *escape*: symbols seen only once go out as one escape symbol plus
+  a value uniform on ``[0, top]``, ``top`` the largest escaped value (unless every
+  symbol or none is seen once): a value seen once costs about 7 header bits as an entry
+  of its own, about log2(top + 1) as an escape;
+* each count (the escape's too) as its bit length, uniform over the lengths up to the
+  context's size, and its top :data:`MANTISSA_BITS` bits below the leading one (counts
+  below 16 are exact; larger ones are off by less than 1/16, which costs well under 1 %
+  above the empirical entropy);
+* then the symbols as ranks among the explicit ones and the escape (a context with one
+  explicit symbol and no escape costs nothing more), then the escaped values.
+
+Every field goes out for all of a stream's models at once (all ``k``, then all largest
+symbols, and so on), so decoding costs a handful of vectorised calls per stream and one
+per model for its symbols. Everything is one ANS stack (``constriction``'s ``AnsCoder``,
+32-bit words, 24-bit probabilities) sent as little-endian 32-bit words: a frame costs the
+order-0 entropy of each model's symbols, its header and at most a word of rounding. Why
+static models rather than adaptive ones: an adaptive model must be updated symbol by
+symbol (a Python call each), and its learning costs about what the header does.
 
 Decoding is total: every word sequence decodes to symbols within the declared alphabets,
-so a corrupt frame is caught by what does not add up (a presence set of the wrong size,
-words left over, a frame that is not whole words, words ending in zero) and raises
-:class:`~shared.errors.DecodeError`. Sizes come from the caller, never from the frame,
-so nothing allocated depends on what the frame declares.
+and ANS decoding must end in the state encoding began with, so a corrupt frame is caught
+by what does not add up (words left over, a presence set of the wrong size, a frame that
+is not whole words or ends in a zero word) and raises :class:`~shared.errors.DecodeError`.
+Sizes come from the caller, never from the frame: what decoding allocates is bounded by
+the symbol count and by the number of models times the alphabet (presence bits).
 """
 
 from __future__ import annotations
@@ -45,49 +53,42 @@ __all__ = ["MANTISSA_BITS", "MAX_ALPHABET", "SymbolReader", "SymbolWriter"]
 
 MANTISSA_BITS = 3
 MAX_ALPHABET = 1 << 16  # far above the 511 symbols of q8 deltas; keeps every model small
-_RARE_THRESHOLDS = (1, 2, 4)  # escape candidates: symbols seen at most this often
 
 _I32 = npt.NDArray[np.int32]
 _I64 = npt.NDArray[np.int64]
 _Model: TypeAlias = Any  # a constriction model (the package ships no type information)
-_Op = tuple[_I32, _Model]  # symbols and the model they are coded with, in decode order
+# symbols, the model (family) they are coded with and its per-symbol parameters
+_Op: TypeAlias = tuple[_I32, _Model, tuple[npt.NDArray[Any], ...]]
 
-
-def _uniform(size: int) -> _Model:
-    return constriction.stream.model.Uniform(size)
+_UNIFORM = constriction.stream.model.Uniform()  # family: one size per symbol
+# perfect=False: the fast, documented quantisation (the default differs between versions;
+# naming it keeps frames the same)
+_BERNOULLI = constriction.stream.model.Bernoulli(perfect=False)  # family: one P(1) per bit
 
 
 def _categorical(weights: npt.NDArray[np.float64]) -> _Model:
-    # perfect=False: the fast, documented quantisation (the default changes between
-    # versions; naming it keeps frames the same)
     return constriction.stream.model.Categorical(weights, perfect=False)
 
 
 @dataclass(frozen=True, slots=True)
-class _Stream:
-    symbols: _I64
-    alphabet: int
-    order: _I64  # positions grouped by context, stable: the order symbols are coded in
-    sizes: _I64  # symbols per context
+class _Table:
+    """One context's model and symbols, as both sides come to hold them."""
 
+    size: int  # symbols in the context (both sides know it)
+    explicit: _I64  # the symbols with entries of their own, ascending (at least one)
+    top: int  # the largest escaped value; -1: no escape
+    lengths: _I64  # bit length of each count: the explicit symbols', then the escape's
+    mantissas: _I64  # the bits below the leading one each count keeps
+    ranks: _I64  # per symbol, its rank among the explicit ones, or len(explicit): escaped
+    escaped: _I64  # the escaped symbols' values, in order
 
-def _check_stream(
-    count: int, alphabet: int, contexts: _I64 | None, num_contexts: int
-) -> tuple[_I64, _I64]:
-    """(order, sizes) of a stream, after checking its description (ValueError)."""
-    if not 1 <= alphabet <= MAX_ALPHABET:
-        raise ValueError(f"alphabet must lie in 1..{MAX_ALPHABET}, got {alphabet}")
-    if num_contexts < 1:
-        raise ValueError(f"num_contexts must be >= 1, got {num_contexts}")
-    if contexts is None:
-        return np.arange(count, dtype=np.int64), np.array([count], dtype=np.int64)
-    contexts = np.asarray(contexts)
-    if contexts.shape != (count,) or contexts.dtype.kind not in "iu":
-        raise ValueError(f"contexts: expected {count} integers, got {contexts.shape}")
-    if count and (contexts.min() < 0 or contexts.max() >= num_contexts):
-        raise ValueError(f"contexts must lie in [0, {num_contexts})")
-    order = np.argsort(contexts, kind="stable").astype(np.int64)
-    return order, np.bincount(contexts, minlength=num_contexts).astype(np.int64)
+    @property
+    def distinct(self) -> int:
+        return int(self.explicit.size)
+
+    @property
+    def has_escape(self) -> bool:
+        return self.top >= 0
 
 
 class SymbolWriter:
@@ -121,21 +122,22 @@ class SymbolWriter:
         order, sizes = _check_stream(values.size, alphabet, _as_contexts(contexts), num_contexts)
         if values.size and (values.min() < 0 or values.max() >= alphabet):
             raise ValueError(f"symbols must lie in [0, {alphabet})")
-        stream = _Stream(values, alphabet, order, sizes)
-        pooled = _pooled_ops(stream)
+        grouped = values[order]
+        pooled = _table_ops([_model_table(grouped)] if values.size else [], alphabet)
         if sizes.size == 1:
             self._ops += pooled
             return
-        split = _split_ops(stream)
-        # the smaller frame wins; sizes are integers, so the choice is the same everywhere
+        bounds = np.cumsum(sizes)[:-1]
+        parts = [part for part in np.split(grouped, bounds) if part.size]
+        split = _table_ops([_model_table(part) for part in parts], alphabet)
         use_split = _bits(split) < _bits(pooled)
         self._ops += [_flag(use_split)] + (split if use_split else pooled)
 
     def finish(self) -> bytes:
         """The frame: all streams added so far, as little-endian 32-bit words."""
         coder = constriction.stream.stack.AnsCoder()
-        for symbols, model in reversed(self._ops):  # a stack: the last pushed is read first
-            coder.encode_reverse(symbols, model)
+        for symbols, model, params in reversed(self._ops):  # a stack: last pushed, first read
+            coder.encode_reverse(symbols, model, *params)
         return bytes(coder.get_compressed().astype("<u4").tobytes())
 
 
@@ -170,16 +172,10 @@ class SymbolReader:
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
         order, sizes = _check_stream(count, alphabet, _as_contexts(contexts), num_contexts)
-        split = sizes.size > 1 and bool(self._decode(1, _uniform(2))[0])
+        split = sizes.size > 1 and bool(self._uniform(np.array([2]))[0])
+        table_sizes = sizes[sizes > 0] if split else np.array([count][: int(count > 0)])
         symbols = np.zeros(count, dtype=np.int64)
-        if split:
-            start = 0
-            for size in sizes.tolist():
-                chunk = order[start : start + size]
-                symbols[chunk] = self._read_context(size, alphabet)
-                start += size
-        else:
-            symbols[order] = self._read_context(count, alphabet)
+        symbols[order] = self._read_tables(table_sizes.astype(np.int64), alphabet)
         return symbols
 
     def finish(self) -> None:
@@ -191,183 +187,208 @@ class SymbolReader:
         if not self._coder.is_empty():
             raise DecodeError("data: the ANS frame holds more than its streams")
 
-    def _decode(self, count: int, model: _Model) -> _I64:
-        if count == 0:
-            return np.zeros(0, dtype=np.int64)
-        return np.asarray(self._coder.decode(model, count), dtype=np.int64)
-
-    def _read_context(self, size: int, alphabet: int) -> _I64:
-        """One context's model header, then its symbols (inverse of :func:`_model_ops`)."""
-        if size == 0:
-            return np.zeros(0, dtype=np.int64)
-        distinct = 1 + _read_uniform(self, min(alphabet, size))
-        explicit = self._read_present(distinct, alphabet)
-        has_escape = size > distinct and bool(self._decode(1, _uniform(2))[0])
-        top = _read_uniform(self, alphabet) if has_escape else 0
-        if distinct == 1 and not has_escape:
-            return np.full(size, explicit[0], dtype=np.int64)
-        weights = self._read_counts(distinct + has_escape, size)
-        ranks = self._decode(size, _categorical(weights))
-        values = np.append(explicit, 0)[ranks]
-        escapes = np.flatnonzero(ranks == distinct)
-        if top > 0:
-            values[escapes] = self._decode(escapes.size, _uniform(top + 1))
+    def _uniform(self, sizes: _I64) -> _I64:
+        """One value in [0, size) per size; nothing is coded where the size is 1."""
+        values = np.zeros(sizes.size, dtype=np.int64)
+        coded = sizes > 1
+        if coded.any():
+            values[coded] = self._coder.decode(_UNIFORM, sizes[coded].astype(np.int32))
         return values
 
-    def _read_present(self, distinct: int, alphabet: int) -> _I64:
-        if distinct == alphabet:
-            return np.arange(alphabet, dtype=np.int64)
-        largest = distinct - 1 + _read_uniform(self, alphabet - distinct + 1)
+    def _read_tables(self, sizes: _I64, alphabet: int) -> _I64:
+        """The symbols of consecutive models of the given sizes (inverse of _table_ops)."""
+        if sizes.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        distinct = 1 + self._uniform(np.minimum(alphabet, sizes))
+        partial = distinct < alphabet
+        largest = distinct - 1 + self._uniform(np.where(partial, alphabet - distinct + 1, 1))
+        has_escape = self._uniform(np.where(sizes > distinct, 2, 1)).astype(np.bool_)
+        tops = np.where(has_escape, self._uniform(np.where(has_escape, alphabet, 1)), -1)
+        explicit = self._read_explicit(distinct, largest, partial, alphabet)
+        weights = distinct + has_escape
+        counted = np.where(weights > 1, weights, 0)  # one weight alone needs no count
+        lengths = 1 + self._uniform(np.repeat(_bit_lengths(sizes), counted))
+        mantissas = self._uniform(np.int64(1) << _mantissa_widths(lengths))
+        starts = np.concatenate([[0], np.cumsum(counted)])
+        parts = []
+        for index, size in enumerate(sizes.tolist()):
+            span = slice(starts[index], starts[index + 1])
+            if weights[index] == 1:
+                ranks = np.zeros(size, dtype=np.int64)
+            else:
+                counts = _counts(lengths[span], mantissas[span])
+                ranks = np.asarray(self._coder.decode(_categorical(counts), size), np.int64)
+            parts.append(np.append(explicit[index], 0)[ranks])
+            parts[-1][ranks == distinct[index]] = -1 - index  # escaped: filled in below
+        symbols = np.concatenate(parts)
+        escaped = np.flatnonzero(symbols < 0)
+        symbols[escaped] = self._uniform(tops[-1 - symbols[escaped]] + 1)
+        return symbols
+
+    def _read_explicit(
+        self, distinct: _I64, largest: _I64, partial: npt.NDArray[np.bool_], alphabet: int
+    ) -> list[_I64]:
         others = distinct - 1
-        if others in (0, largest):
-            below = np.arange(others, dtype=np.int64)
-        else:
-            bits = self._decode(largest, _bernoulli(largest, others))
-            below = np.flatnonzero(bits).astype(np.int64)
-            if below.size != others:
-                raise DecodeError(
-                    f"data: a model lists {below.size} symbols, its header says {others}"
-                )
-        return np.append(below, largest)
+        with_bits = partial & (others > 0) & (others < largest)
+        bits = np.zeros(0, dtype=np.int64)
+        if with_bits.any():
+            chances = np.repeat(others[with_bits] / largest[with_bits], largest[with_bits])
+            bits = np.asarray(self._coder.decode(_BERNOULLI, chances), np.int64)
+        sets: list[_I64] = []
+        start = 0
+        for index in range(distinct.size):
+            if not partial[index]:
+                sets.append(np.arange(alphabet, dtype=np.int64))
+                continue
+            top = int(largest[index])
+            if with_bits[index]:
+                below = np.flatnonzero(bits[start : start + top]).astype(np.int64)
+                start += top
+                if below.size != others[index]:
+                    raise DecodeError(
+                        f"data: a model lists {below.size} symbols, its header says {others[index]}"
+                    )
+            else:
+                below = np.arange(others[index], dtype=np.int64)
+            sets.append(np.append(below, top))
+        return sets
 
-    def _read_counts(self, distinct: int, size: int) -> npt.NDArray[np.float64]:
-        lengths = self._decode(distinct, _uniform(size.bit_length())) + 1
-        return _weights(lengths, self._read_mantissas(lengths))
 
-    def _read_mantissas(self, lengths: _I64) -> _I64:
-        widths = np.minimum(lengths - 1, MANTISSA_BITS)
-        mantissas = np.zeros(lengths.size, dtype=np.int64)
-        for width in range(1, MANTISSA_BITS + 1):
-            where = np.flatnonzero(widths == width)
-            mantissas[where] = self._decode(where.size, _uniform(1 << width))
-        return mantissas
+def _check_stream(
+    count: int, alphabet: int, contexts: _I64 | None, num_contexts: int
+) -> tuple[_I64, _I64]:
+    """(order, sizes) of a stream, after checking its description (ValueError)."""
+    if not 1 <= alphabet <= MAX_ALPHABET:
+        raise ValueError(f"alphabet must lie in 1..{MAX_ALPHABET}, got {alphabet}")
+    if num_contexts < 1:
+        raise ValueError(f"num_contexts must be >= 1, got {num_contexts}")
+    if contexts is None:
+        return np.arange(count, dtype=np.int64), np.array([count], dtype=np.int64)
+    if contexts.shape != (count,) or contexts.dtype.kind not in "iu":
+        raise ValueError(f"contexts: expected {count} integers, got {contexts.shape}")
+    if count and (contexts.min() < 0 or contexts.max() >= num_contexts):
+        raise ValueError(f"contexts must lie in [0, {num_contexts})")
+    # a stable sort of 16-bit keys is a radix sort: linear, several times faster
+    keys = contexts.astype(np.uint16) if num_contexts <= 1 << 16 else contexts
+    order = np.argsort(keys, kind="stable").astype(np.int64)
+    return order, np.bincount(contexts, minlength=num_contexts).astype(np.int64)
 
 
 def _as_contexts(contexts: npt.ArrayLike | None) -> _I64 | None:
     return None if contexts is None else np.asarray(contexts)
 
 
-def _read_uniform(reader: SymbolReader, size: int) -> int:
-    """One value in [0, size): nothing is coded when size is 1."""
-    return 0 if size == 1 else int(reader._decode(1, _uniform(size))[0])
+def _model_table(symbols: _I64) -> _Table:
+    """The model of one context: symbols seen once escape, unless all or none are."""
+    present, ranks, counts = np.unique(symbols, return_inverse=True, return_counts=True)
+    once = counts == 1
+    rare = 1 if once.any() and not once.all() else 0
+    return _table(symbols, present, ranks.reshape(-1), counts, rare)
+
+
+def _table(symbols: _I64, present: _I64, ranks: _I64, counts: _I64, rare: int) -> _Table:
+    escaped = counts <= rare
+    explicit = present[~escaped]
+    has_escape = bool(escaped.any())
+    weights = counts[~escaped].astype(np.int64)
+    if has_escape:
+        weights = np.append(weights, counts[escaped].sum())
+    lengths = _bit_lengths(weights)
+    shifts = lengths - 1 - _mantissa_widths(lengths)
+    mantissas = (weights >> shifts) - (np.int64(1) << _mantissa_widths(lengths))
+    rank_of = np.full(present.size, explicit.size, dtype=np.int64)
+    rank_of[~escaped] = np.arange(explicit.size)
+    return _Table(
+        size=int(symbols.size),
+        explicit=explicit.astype(np.int64),
+        top=int(present[escaped][-1]) if has_escape else -1,
+        lengths=lengths,
+        mantissas=mantissas,
+        ranks=rank_of[ranks],
+        escaped=symbols[escaped[ranks]].astype(np.int64),
+    )
+
+
+def _table_ops(tables: list[_Table], alphabet: int) -> list[_Op]:
+    """The fields of consecutive models, each field for all of them at once."""
+    if not tables:
+        return []
+    sizes = np.array([table.size for table in tables], dtype=np.int64)
+    distinct = np.array([table.distinct for table in tables], dtype=np.int64)
+    partial = distinct < alphabet
+    largest = np.array([table.explicit[-1] for table in tables], dtype=np.int64)
+    has_escape = np.array([table.has_escape for table in tables], dtype=np.int64)
+    tops = np.array([table.top for table in tables], dtype=np.int64)
+    ops = [
+        _uniform_op(distinct - 1, np.minimum(alphabet, sizes)),
+        _uniform_op(largest - (distinct - 1), np.where(partial, alphabet - distinct + 1, 1)),
+        _uniform_op(has_escape, np.where(sizes > distinct, 2, 1)),
+        _uniform_op(np.maximum(tops, 0), np.where(has_escape > 0, alphabet, 1)),
+    ]
+    others = distinct - 1
+    with_bits = partial & (others > 0) & (others < largest)
+    if with_bits.any():
+        bits = []
+        for table, needed in zip(tables, with_bits.tolist(), strict=True):
+            if needed:
+                row = np.zeros(int(table.explicit[-1]), dtype=np.int32)
+                row[table.explicit[:-1]] = 1
+                bits.append(row)
+        chances = np.repeat(others[with_bits] / largest[with_bits], largest[with_bits])
+        ops.append((np.concatenate(bits), _BERNOULLI, (chances,)))
+    weights = distinct + has_escape
+    counted = weights > 1  # one weight alone needs no count
+    lengths = np.concatenate(
+        [np.zeros(0, np.int64)] + [t.lengths for t in tables if t.lengths.size > 1]
+    )
+    mantissas = np.concatenate(
+        [np.zeros(0, np.int64)] + [t.mantissas for t in tables if t.lengths.size > 1]
+    )
+    ops.append(_uniform_op(lengths - 1, np.repeat(_bit_lengths(sizes), weights * counted)))
+    ops.append(_uniform_op(mantissas, np.int64(1) << _mantissa_widths(lengths)))
+    for table in tables:
+        if table.lengths.size > 1:
+            counts = _counts(table.lengths, table.mantissas)
+            ops.append((table.ranks.astype(np.int32), _categorical(counts), ()))
+    escaped = np.concatenate([table.escaped for table in tables])
+    escape_sizes = np.concatenate([np.full(t.escaped.size, t.top + 1) for t in tables])
+    ops.append(_uniform_op(escaped, escape_sizes.astype(np.int64)))
+    return [op for op in ops if op[0].size]
+
+
+def _uniform_op(values: _I64, sizes: _I64) -> _Op:
+    coded = sizes > 1
+    return values[coded].astype(np.int32), _UNIFORM, (sizes[coded].astype(np.int32),)
 
 
 def _flag(value: bool) -> _Op:
-    return np.array([int(value)], dtype=np.int32), _uniform(2)
+    return _uniform_op(np.array([int(value)]), np.array([2]))
 
 
-def _bernoulli(positions: int, ones: int) -> _Model:
-    return _categorical(np.array([positions - ones, ones], dtype=np.float64))
+def _bit_lengths(counts: _I64) -> _I64:
+    """Bit lengths of positive counts (frexp's exponent: exact for integers below 2**53)."""
+    return np.frexp(counts.astype(np.float64))[1].astype(np.int64)
 
 
-def _pooled_ops(stream: _Stream) -> list[_Op]:
-    return _context_ops(stream.symbols[stream.order], stream.alphabet)
+def _mantissa_widths(lengths: _I64) -> _I64:
+    return np.minimum(lengths - 1, MANTISSA_BITS)
 
 
-def _split_ops(stream: _Stream) -> list[_Op]:
-    ops: list[_Op] = []
-    start = 0
-    for size in stream.sizes.tolist():
-        ops += _context_ops(stream.symbols[stream.order[start : start + size]], stream.alphabet)
-        start += size
-    return ops
-
-
-def _context_ops(symbols: _I64, alphabet: int) -> list[_Op]:
-    """One context: its model header (see the module docstring), then its symbols.
-
-    Symbols seen at most ``rare`` times may go out as an escape and a uniform value
-    instead of entries of their own: a value seen once costs about 7 header bits as an
-    entry, about log2 of the escaped range as an escape. The encoder tries a few
-    thresholds and keeps the shortest (integer sizes: the same choice everywhere).
-    """
-    if symbols.size == 0:
-        return []
-    present, ranks, counts = np.unique(symbols, return_inverse=True, return_counts=True)
-    candidates = [_model_ops(symbols, alphabet, present, ranks.reshape(-1), counts, 0)]
-    for rare in _RARE_THRESHOLDS:
-        escaped = counts <= rare
-        if escaped.any() and not escaped.all():
-            candidates.append(
-                _model_ops(symbols, alphabet, present, ranks.reshape(-1), counts, rare)
-            )
-    if len(candidates) == 1:
-        return candidates[0]
-    sizes = [_bits(ops) for ops in candidates]
-    return candidates[sizes.index(min(sizes))]
-
-
-def _model_ops(
-    symbols: _I64, alphabet: int, present: _I64, ranks: _I64, counts: _I64, rare: int
-) -> list[_Op]:
-    escaped = counts <= rare
-    explicit = present[~escaped]
-    distinct, size = int(explicit.size), int(symbols.size)
-    ops: list[_Op] = []
-    _push_uniform(ops, distinct - 1, min(alphabet, size))
-    if distinct < alphabet:
-        largest = int(explicit[-1])
-        _push_uniform(ops, largest - (distinct - 1), alphabet - distinct + 1)
-        if distinct - 1 not in (0, largest):
-            bits = np.zeros(largest, dtype=np.int32)
-            bits[explicit[:-1]] = 1
-            ops.append((bits, _bernoulli(largest, distinct - 1)))
-    has_escape = bool(escaped.any())
-    if size > distinct:  # an escape is possible only when some symbol repeats or is rare
-        ops.append(_flag(has_escape))
-    weights_of = counts[~escaped].astype(np.int64)
-    if has_escape:
-        escape_values = present[escaped]
-        top = int(escape_values[-1])
-        _push_uniform(ops, top, alphabet)
-        weights_of = np.append(weights_of, int(counts[escaped].sum()))
-    if weights_of.size == 1:
-        return ops + _escape_value_ops(symbols, present, ranks, escaped, has_escape)
-    lengths = np.array([int(count).bit_length() for count in weights_of.tolist()], dtype=np.int64)
-    ops.append(((lengths - 1).astype(np.int32), _uniform(size.bit_length())))
-    shifts = np.maximum(lengths - 1 - MANTISSA_BITS, 0)
-    mantissas = (weights_of >> shifts) - (np.int64(1) << (lengths - 1 - shifts))
-    widths = lengths - 1 - shifts
-    for width in range(1, MANTISSA_BITS + 1):
-        where = np.flatnonzero(widths == width)
-        if where.size:
-            ops.append((mantissas[where].astype(np.int32), _uniform(1 << width)))
-    # explicit symbols keep their rank among the explicit ones; escapes take rank `distinct`
-    rank_of = np.full(present.size, distinct, dtype=np.int64)
-    rank_of[~escaped] = np.arange(distinct)
-    ops.append((rank_of[ranks].astype(np.int32), _categorical(_weights(lengths, mantissas))))
-    return ops + _escape_value_ops(symbols, present, ranks, escaped, has_escape)
-
-
-def _escape_value_ops(
-    symbols: _I64, present: _I64, ranks: _I64, escaped: npt.NDArray[np.bool_], has_escape: bool
-) -> list[_Op]:
-    if not has_escape:
-        return []
-    top = int(present[escaped][-1])
-    values = symbols[escaped[ranks]]
-    return [(values.astype(np.int32), _uniform(top + 1))] if top > 0 else []
-
-
-def _push_uniform(ops: list[_Op], value: int, size: int) -> None:
-    if size > 1:
-        ops.append((np.array([value], dtype=np.int32), _uniform(size)))
-
-
-def _weights(lengths: _I64, mantissas: _I64) -> npt.NDArray[np.float64]:
+def _counts(lengths: _I64, mantissas: _I64) -> npt.NDArray[np.float64]:
     """The counts as the decoder knows them.
 
     Exact below 2**(MANTISSA_BITS + 1), else the middle of the interval the kept bits
     leave; every value is exact in float64.
     """
-    shifts = np.maximum(lengths - 1 - MANTISSA_BITS, 0)
-    top = (np.int64(1) << (lengths - 1 - shifts)) + mantissas
-    counts = (top << shifts) + np.where(shifts > 0, np.int64(1) << np.maximum(shifts - 1, 0), 0)
-    return counts.astype(np.float64)
+    widths = _mantissa_widths(lengths)
+    shifts = lengths - 1 - widths
+    top = (np.int64(1) << widths) + mantissas
+    half = np.where(shifts > 0, np.int64(1) << np.maximum(shifts - 1, 0), 0)
+    return ((top << shifts) + half).astype(np.float64)
 
 
 def _bits(ops: list[_Op]) -> int:
     coder = constriction.stream.stack.AnsCoder()
-    for symbols, model in reversed(ops):
-        coder.encode_reverse(symbols, model)
+    for symbols, model, params in reversed(ops):
+        coder.encode_reverse(symbols, model, *params)
     return int(coder.num_valid_bits())

@@ -149,7 +149,7 @@ def test_the_same_input_gives_the_same_bytes():
     assert hashlib.sha256(data).hexdigest()[:16] == GOLDEN_DIGEST
 
 
-GOLDEN_DIGEST = "e519cbd740288321"
+GOLDEN_DIGEST = "3191e75ee477a8a9"
 
 
 # -- descriptions are the caller's: ValueError ------------------------------------------
@@ -235,3 +235,27 @@ def test_a_large_junk_frame_fails_fast_in_little_memory():
         tracemalloc.stop()
     assert time.perf_counter() - start < 0.5
     assert peak < 4 << 20  # the frame's copy as words, nothing sized by what it declares
+
+
+@pytest.mark.parametrize(
+    "symbols",
+    [
+        [5] * 10 + [0],  # the one escaped value is 0: nothing to code for it
+        [5] * 10 + [0, 9, 200],  # escapes spread over [0, 200]
+        [3, 1, 4, 0, 2],  # every symbol seen once: no escape
+        [7, 7, 2, 2, 250],  # one escape, the rest explicit
+    ],
+)
+def test_rare_symbols_round_trip_through_the_escape(symbols):
+    values = np.array(symbols)
+    data = _frame((values, 256, None, 1))
+    assert np.array_equal(_read(data, (values.size, 256))[0], values)
+
+
+def test_escaping_values_seen_once_is_cheaper_than_listing_them():
+    # Given: mostly zeros and ones, and 40 different values seen once each
+    generator = np.random.default_rng(7)
+    symbols = np.concatenate([generator.integers(0, 2, 2_000), np.arange(50, 90)])
+    # When / Then: each escaped value costs about log2(90) + log2(2040 / 40) = 12 bits
+    # where the entropy's -log2(1 / 2040) = 11 bits leaves no room for a header entry
+    assert len(_frame((symbols, 256, None, 1))) * 8 <= _entropy_bits(symbols) + 40 * 2 + 64

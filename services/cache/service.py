@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 
-import torch
+import numpy as np
 
 from shared.errors import (
     DecodeError,
@@ -260,8 +260,8 @@ class CacheService:
             request.since_version,
             response.version,
             response.full,
-            response.indices.numel(),
-            response.cleared.numel(),
+            response.indices.size,
+            response.cleared.size,
             time.perf_counter() - started,
         )
         return outcome  # acked by serve_once: the reply is confirmed
@@ -288,9 +288,9 @@ class CacheService:
         if problem:
             return self._failure(request, "store_error", problem)
         labels = snapshot.labels
-        if labels.numel() == 0:
+        if labels.size == 0:
             # before the first commit the store does not know C: send (0, C)
-            labels = torch.empty(0, self._limits.num_classes, dtype=torch.float32)
+            labels = np.empty((0, self._limits.num_classes), dtype=np.float32)
         response = CacheSyncResponse(
             run_id=self._run_id,
             request_id=request.request_id,
@@ -325,14 +325,14 @@ class CacheService:
 
     def _check(self, snapshot: CacheSnapshot) -> str:
         """Why ``snapshot`` cannot go to a worker under our limits ("" when it can)."""
-        classes = snapshot.labels.shape[1] if snapshot.labels.dim() == 2 else -1
-        if snapshot.indices.numel() and classes != self._limits.num_classes:
+        classes = snapshot.labels.shape[1] if snapshot.labels.ndim == 2 else -1
+        if snapshot.indices.size and classes != self._limits.num_classes:
             return (
                 f"store error: the cache holds {classes} classes, the service is configured "
                 f"for {self._limits.num_classes}"
             )
         for name, idx in (("indices", snapshot.indices), ("cleared", snapshot.cleared)):
-            if idx.numel() and int(idx.max()) >= self._limits.public_size:
+            if idx.size and int(idx.max()) >= self._limits.public_size:
                 return (
                     f"store error: {name} reach {int(idx.max())}, outside the public set "
                     f"of {self._limits.public_size}"

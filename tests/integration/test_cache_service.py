@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 
 from services.cache.__main__ import main
 from services.cache.service import CacheService
@@ -34,6 +34,7 @@ from shared.protocol.codec import DecodeLimits
 from shared.protocol.routes import CACHE_RPC_KEY, cache_rpc_exchange, cache_rpc_queue, reply_queue
 from shared.state import CacheSnapshot, CacheUpdate, FederationStore, RedisFederationStore
 from shared.transport import HEADER_ORIGINAL_QUEUE, AmqpTransport, ExchangeSpec, QueueSpec
+from tests.arrays import softmax_rows
 from tests.conftest import AMQP_URL, require_rabbitmq, require_redis
 
 pytestmark = pytest.mark.integration
@@ -54,22 +55,22 @@ class Federation:
 
     store: RedisFederationStore
     server: ServerCache = field(default_factory=lambda: ServerCache(P, C))
-    generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(7))
+    generator: np.random.Generator = field(default_factory=lambda: np.random.default_rng(7))
     next_round: int = 0
 
     def run_rounds(self, rounds: int, drawn_per_round: int = 600) -> None:
         for _ in range(rounds):
             t = self.next_round
-            drawn = torch.randperm(P, generator=self.generator)[:drawn_per_round]
+            drawn = self.generator.permutation(P)[:drawn_per_round]
             plan = self.server.plan_requests(drawn, now=t, duration=D)
-            logits = torch.randn(plan.requested.numel(), C, generator=self.generator) * 3
-            before = self.server.written.clone()
-            commit = self.server.commit(plan, torch.softmax(logits, dim=1), now=t, duration=D)
+            fresh = softmax_rows(self.generator, plan.requested.size, C, scale=3)
+            before = self.server.written.copy()
+            commit = self.server.commit(plan, fresh, now=t, duration=D)
             self.store.commit_round(t, b"aggregator", self._update(commit.indices, before, t), C)
             self.next_round += 1
 
-    def _update(self, indices: torch.Tensor, before: torch.Tensor, t: int) -> CacheUpdate:
-        indices = torch.sort(indices).values
+    def _update(self, indices: np.ndarray, before: np.ndarray, t: int) -> CacheUpdate:
+        indices = np.sort(indices)
         written = self.server.written[indices]
         set_indices = indices[written == t]
         cleared = indices[(written == NEVER) & (before[indices] != NEVER)]
@@ -77,15 +78,15 @@ class Federation:
             version=self.server.version,
             digest=self.server.digest(),
             set_indices=set_indices,
-            set_written=self.server.written[set_indices].clone(),
-            set_labels=self.server.labels[set_indices].clone(),
+            set_written=self.server.written[set_indices],
+            set_labels=self.server.labels[set_indices],
             clear_indices=cleared,
         )
 
     def assert_replica_equal(self, cache: ClientCache) -> None:
-        assert torch.equal(cache.written, self.server.written)
+        assert np.array_equal(cache.written, self.server.written)
         present = self.server.written != NEVER
-        assert torch.equal(cache.labels[present], self.server.labels[present])  # bit-exact
+        assert np.array_equal(cache.labels[present], self.server.labels[present])  # bit-exact
         assert not bool(cache.labels[~present].any())
         assert cache.digest() == self.server.digest()
 
@@ -270,8 +271,8 @@ def test_changes_since_an_older_version_bring_a_replica_up_to_date(
     changes = resync.fetch(2)
     resync.install(cache, changes)
     # Then: only the changes travelled, and the replica equals the server cache
-    assert not changes.full and changes.cleared.numel() > 0
-    assert changes.indices.numel() < int((federation.server.written != NEVER).sum())
+    assert not changes.full and changes.cleared.size > 0
+    assert changes.indices.size < int((federation.server.written != NEVER).sum())
     assert changes.version == 5
     federation.assert_replica_equal(cache)
     _expect_stats(service, {"answered": 2})

@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pika
 import pika.exceptions
 import pytest
 import redis
-import torch
 
 from scarlet.provision import broker_users, delete_users, provision
 from scarlet.simulate import EmbeddedFederation
@@ -104,8 +104,8 @@ def _forged_upload(config: FederationConfig, client_id: int) -> bytes:
         run_id=config.run_id,
         round=0,
         client_id=client_id,
-        indices=torch.arange(n, dtype=torch.int64),
-        soft_labels=torch.full((n, 10), 0.1),
+        indices=np.arange(n, dtype=np.int64),
+        soft_labels=np.full((n, 10), 0.1, dtype=np.float32),
         train_loss=0.1,
         client_accuracy=0.99,
     )
@@ -117,7 +117,7 @@ def _forged_task(config: FederationConfig) -> bytes:
         run_id=config.run_id,
         round=1,
         client_id=0,
-        request_indices=torch.arange(10, dtype=torch.int64),
+        request_indices=np.arange(10, dtype=np.int64),
         targets=None,
         catch_up=None,
         cache_version=0,

@@ -17,13 +17,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
-import torch
 
 from shared.cache_policy import ServerCache
 from shared.errors import StoreUnavailable
 from shared.state import CacheUpdate, RedisFederationStore
+from tests.arrays import softmax_rows
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.integration
@@ -100,23 +101,23 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 def _commits(rounds: int) -> list[CacheUpdate]:
-    g = torch.Generator().manual_seed(11)
+    g = np.random.default_rng(11)
     cache = ServerCache(P, C)
     out = []
     for t in range(rounds):
-        before = cache.written.clone()
-        plan = cache.plan_requests(torch.randperm(P, generator=g)[:12], now=t, duration=D)
-        fresh = torch.softmax(torch.randn(plan.requested.numel(), C, generator=g), dim=1)
+        before = cache.written.copy()
+        plan = cache.plan_requests(g.permutation(P)[:12], now=t, duration=D)
+        fresh = softmax_rows(g, plan.requested.size, C)
         cache.commit(plan, fresh, now=t, duration=D)
-        set_idx = torch.nonzero(cache.written != before).flatten()
+        set_idx = np.flatnonzero(cache.written != before)
         set_idx = set_idx[cache.written[set_idx] == t]
-        clear_idx = torch.nonzero((before >= 0) & (cache.written < 0)).flatten()
+        clear_idx = np.flatnonzero((before >= 0) & (cache.written < 0))
         update = CacheUpdate(
             cache.version,
             cache.digest(),
             set_idx,
-            cache.written[set_idx].clone(),
-            cache.labels[set_idx].clone(),
+            cache.written[set_idx],
+            cache.labels[set_idx],
             clear_idx,
         )
         out.append(update)
@@ -151,13 +152,13 @@ def test_committed_state_survives_a_sigkill_of_redis(private_redis: PrivateRedis
         after = store.cache_snapshot()
         assert after.version == store.cache_version() == 2
         assert after.digest == before.digest == commits[-1].digest
-        assert torch.equal(after.indices, before.indices)
-        assert torch.equal(after.written, before.written)
-        assert torch.equal(after.labels, before.labels)
+        assert np.array_equal(after.indices, before.indices)
+        assert np.array_equal(after.written, before.written)
+        assert np.array_equal(after.labels, before.labels)
         assert store.load_aggregator() == b"aggregator after round 1"
         assert store.uploads(2) == {5: b"\x00upload\xff", 6: b"after the restart"}
         changes = store.cache_changes_since(0)
-        assert changes is not None and torch.equal(changes.indices, after.indices)
+        assert changes is not None and np.array_equal(changes.indices, after.indices)
     finally:
         if private_redis.process is not None and private_redis.process.poll() is None:
             store.delete_all()

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 from services.aggregator.coordinator import RoundCoordinator
 from services.cache.service import CacheService
@@ -205,13 +205,13 @@ class Federation:
             raise self.errors[0]
         assert finished, "the federation did not finish in time"
 
-    def global_labels(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def global_labels(self) -> tuple[np.ndarray, np.ndarray]:
         """Dense (labels, written) of the global cache as stored in Redis."""
         store = open_federation_store(REDIS, self.config.run_id)
         snap = store.cache_snapshot()
-        labels = torch.zeros(self.config.public_size, self.data.num_classes)
-        written = torch.full((self.config.public_size,), NEVER, dtype=torch.int64)
-        if snap.indices.numel():
+        labels = np.zeros((self.config.public_size, self.data.num_classes), dtype=np.float32)
+        written = np.full(self.config.public_size, NEVER, dtype=np.int64)
+        if snap.indices.size:
             labels[snap.indices] = snap.labels
             written[snap.indices] = snap.written
         return labels, written

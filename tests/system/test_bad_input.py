@@ -15,8 +15,8 @@ import collections
 import random
 
 import msgpack
+import numpy as np
 import pytest
-import torch
 
 from scarlet.simulate import EmbeddedFederation
 from shared.config import FederationConfig
@@ -52,8 +52,8 @@ def _upload(config: FederationConfig, **change: object) -> bytes:
         "run_id": config.run_id,
         "round": 999,
         "client_id": 0,
-        "indices": torch.arange(5, dtype=torch.int64),
-        "soft_labels": torch.full((5, 10), 0.1),
+        "indices": np.arange(5, dtype=np.int64),
+        "soft_labels": np.full((5, 10), 0.1, dtype=np.float32),
         "train_loss": 0.1,
         "client_accuracy": 0.5,
     }
@@ -70,8 +70,6 @@ def _mutate(body: bytes, change: dict[str, object], labels: dict[str, object] | 
 
 
 def _raw_rows(values: list[float]) -> dict[str, object]:
-    import numpy as np
-
     rows = np.array([values] * 5, dtype="<f4")
     return {"spec": "f32", "n": 5, "c": 10, "layout": "raw", "data": rows.tobytes()}
 
@@ -86,7 +84,7 @@ def _campaign(config: FederationConfig) -> list[tuple[str, str, str, bytes]]:
     deep = b"\x91" * 100_000 + b"\xc0"  # an array in an array ... 100,000 deep
     bomb = b"\xdf\x7f\xff\xff\xff"  # a map declaring 2**31 - 1 entries, then nothing
     big_n = _mutate(valid, {}, {"n": 10**9})
-    wide = encode_index_set(torch.tensor([config.public_size + 3]), config.public_size + 10)
+    wide = encode_index_set(np.array([config.public_size + 3]), config.public_size + 10)
     kinds: dict[str, tuple[tuple[str, str], object]] = {
         "garbage": (up, lambda: rng.randbytes(rng.randint(1, 3000))),
         "truncated": (up, lambda: valid[: rng.randint(1, len(valid) - 1)]),
@@ -123,7 +121,7 @@ def _campaign(config: FederationConfig) -> list[tuple[str, str, str, bytes]]:
     for i in range(COPIES):
         k = i % config.clients
         key = routes.client_routing_key(k)
-        task = TrainTask(run, 999, k, torch.arange(3), None, None, 0, "")
+        task = TrainTask(run, 999, k, np.arange(3), None, None, 0, "")
         body = encode_task(task, public_size=config.public_size)
         messages.append(("forged-task", routes.rounds_exchange(run), key, body))
         messages.append(("task-garbage", routes.rounds_exchange(run), key, rng.randbytes(99)))

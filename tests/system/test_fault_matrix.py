@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pika
 import pytest
-import torch
 
 from scarlet.up import Launcher
 from shared.config import FederationConfig, ServiceSettings
@@ -218,7 +218,7 @@ def _forge_task(fed: Federation) -> None:
         run_id=config.run_id,
         round=999,
         client_id=0,
-        request_indices=torch.sort(drawn_public_indices(config, 0)[:5]).values,
+        request_indices=np.sort(drawn_public_indices(config, 0)[:5]),
         targets=None,
         catch_up=None,
         cache_version=0,

@@ -1,17 +1,22 @@
 """Soft-label codec benchmark on real soft labels.
 
     python -m bench.codec [--dataset digits|mnist-5k|fashion-mnist] [--rows 1000]
+    python -m bench.codec --epochs 1     # a weak model's near-uniform labels
 
 A CNN is trained on the non-public part of the data set; its predictions on ``rows`` public
-examples are the soft labels. The delta case is what SCARLET's cache sees: the predictions
-after one more epoch, coded against the earlier predictions as both sides hold them (the
-earlier labels passed through the same codec, ``roundtrip``).
+examples are the soft labels (``--epochs 1``: a barely trained CNN, test accuracy about 0.2
+on digits, whose rows are near uniform). The delta case is what SCARLET's cache sees: the
+predictions after one more epoch, coded against the earlier predictions as both sides hold
+them (the earlier labels passed through the same codec, ``roundtrip``).
 
 Columns: bytes per soft-label row (whole msgpack map / N), compression against f32,
-bytes / H where H is the order-0 empirical entropy of the symbols the codec encodes (float
-bit patterns, codes, or q - q_ref; below 1 means the codec exploits more than symbol
-frequencies), max and mean |decoded - input|, top-1 agreement with the input, and encode /
-decode throughput in MB/s of float32 input.
+bytes / H where H is the order-0 empirical entropy of the symbols the codec encodes, each
+stream with its own histogram: float bit patterns; for quant, the argmax columns (without
+delta) and the N (C - 1) codes or deltas q - q_ref left after dropping each row's redundant
+entry (the same H for ``+zstd``, ``+ans`` and no entropy stage; below 1 means the codec
+exploits more than one histogram per stream, e.g. per-class models), max and mean
+|decoded - input|, top-1 agreement with the input, and encode / decode throughput in MB/s
+of float32 input.
 """
 
 from __future__ import annotations
@@ -37,13 +42,13 @@ from shared.protocol.softlabels import (
 )
 
 SETTINGS = [
-    f"{base}{delta}{zstd}"
+    f"{base}{delta}{entropy}"
     for delta, bases in (
         ("", ("f32", "f16", "q8", "q6", "q4", "q2")),
         ("+delta", ("q8", "q6", "q4", "q2")),
     )
     for base in bases
-    for zstd in ("", "+zstd")
+    for entropy in ("", "+zstd") + (("+ans",) if base.startswith("q") else ())
 ]
 
 
@@ -106,7 +111,7 @@ def measure(spec: CodecSpec, before: LabelArray, after: LabelArray) -> str:
         msgpack.unpackb(msgpack.packb(payload)), reference=reference, max_rows=n, num_classes=c
     )
     error = np.abs(decoded - after)
-    entropy_bytes = entropy_bits(symbols(spec, after, reference)) / 8
+    entropy_bytes = sum(entropy_bits(stream) for stream in symbols(spec, after, reference)) / 8
     mb = after.size * 4 / 1e6
     encode_s = best_time(lambda: encode_soft_labels(after, spec, reference))
     decode_s = best_time(
@@ -121,16 +126,24 @@ def measure(spec: CodecSpec, before: LabelArray, after: LabelArray) -> str:
     )
 
 
-def symbols(spec: CodecSpec, probs: LabelArray, reference: LabelArray | None) -> np.ndarray:
-    """What the codec encodes, one symbol per matrix entry."""
+def symbols(spec: CodecSpec, probs: LabelArray, reference: LabelArray | None) -> list[np.ndarray]:
+    """The symbol streams the codec encodes (see the module docstring)."""
     if spec.kind == "f32":
-        return probs.view(np.uint32)
+        return [probs.view(np.uint32)]
     if spec.kind == "f16":
-        return probs.astype(np.float16).view(np.uint16)
+        return [probs.astype(np.float16).view(np.uint16)]
     codes = quantize_simplex(probs, spec.bits)
-    if reference is not None:
-        codes = codes - quantize_simplex(reference, spec.bits)
-    return codes
+    if reference is None:  # the argmax entry is dropped and its column sent
+        dropped = codes.argmax(axis=1)
+        return [dropped, _without(codes, dropped)]
+    base = quantize_simplex(reference, spec.bits)  # the reference's argmax entry is dropped
+    return [_without(codes - base, base.argmax(axis=1))]
+
+
+def _without(matrix: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    keep = np.ones(matrix.shape, dtype=bool)
+    keep[np.arange(len(matrix)), columns] = False
+    return matrix[keep]
 
 
 def entropy_bits(values: np.ndarray) -> float:

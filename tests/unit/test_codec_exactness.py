@@ -24,7 +24,17 @@ from shared.protocol.softlabels import (
     roundtrip,
 )
 
-CODECS = ["f32", "f16", "f16+zstd", "q8", "q4+zstd", "q8+delta+zstd", "q2"]
+CODECS = [
+    "f32",
+    "f16",
+    "f16+zstd",
+    "q8",
+    "q4+zstd",
+    "q8+delta+zstd",
+    "q2",
+    "q8+ans",
+    "q4+delta+ans",
+]
 
 
 @st.composite
@@ -86,7 +96,9 @@ def test_catch_up_rows_arrive_bit_for_bit_under_every_downlink_codec(text):
     assert np.array_equal(decoded.catch_up.update_labels, entries)
 
 
-@pytest.mark.parametrize("text", ["f32", "f16", "q8+delta+zstd", "q4", "q2+zstd", "f16+zstd"])
+@pytest.mark.parametrize(
+    "text", ["f32", "f16", "q8+delta+zstd", "q4", "q2+zstd", "f16+zstd", "q8+ans"]
+)
 def test_every_codec_keeps_replicas_exact_over_rounds_with_partial_participation(text):
     # Given: 4 clients, half sampled each round, short cache duration (catch-ups and
     # expiries happen), beta 1 (the f16 case that used to hang in round 8)

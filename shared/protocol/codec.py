@@ -14,6 +14,7 @@ defined there and re-exported here, so that its many callers import it from the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -133,7 +134,7 @@ def decode_upload(body: bytes, limits: DecodeLimits) -> SoftLabelUpload:
     """
     msg = unpack(body, limits, kind="upload")
     run_id, round_no, client_id = _envelope_fields(msg)
-    indices = _index_set(msg.get("indices"), "indices", limits)
+    indices = _shared_index_set(msg.get("indices"), limits)
     labels = _labels(msg.get("labels"), "labels", indices.size, limits)
     loss = float_field(msg.get("train_loss"), "train_loss")
     accuracy = float_field(msg.get("client_accuracy"), "client_accuracy", allow_nan=True)
@@ -160,6 +161,23 @@ def _index_set(obj: object, field: str, limits: DecodeLimits) -> IndexArray:
         )
     except DecodeError as e:
         raise DecodeError(f"{field}: {e}") from None
+
+
+def _shared_index_set(obj: object, limits: DecodeLimits) -> IndexArray:
+    # every upload of a round carries the same request set, byte for byte: decode it once
+    # (read-only, since the uploads share it); other bytes decode as usual
+    data = bytes_field(obj, "indices")
+    try:
+        return _decode_shared(data, limits.public_size)
+    except DecodeError as e:
+        raise DecodeError(f"indices: {e}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _decode_shared(data: bytes, public_size: int) -> IndexArray:
+    values = decode_index_set(data, public_size, max_items=public_size)
+    values.flags.writeable = False
+    return values
 
 
 def _index_list(obj: object, field: str, limits: DecodeLimits) -> IndexArray:

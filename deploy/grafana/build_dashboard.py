@@ -5,13 +5,14 @@ Run it after changing a panel::
     .venv/bin/python deploy/grafana/build_dashboard.py          # rewrites the JSON
     .venv/bin/python deploy/grafana/build_dashboard.py --check  # exit 1 when it is stale
 
-``tests/deploy/test_dashboard.py`` regenerates the dashboard and fails when the committed
-``dashboards/scarlet-communication.json`` differs, and
-``tests/integration/test_observability.py`` evaluates every query below against a real
-Prometheus scraping a live federation. The dashboard targets Grafana 11 (schemaVersion 39)
-and selects its Prometheus through the ``${datasource}`` variable. Queries that count
-workers rely on the ``service`` target label our scrape configurations set
-(``deploy/prometheus/``).
+Then rerun ``deploy/kubernetes/components/build_monitoring.py``: it carries the JSON into
+the cluster's dashboard ConfigMap. ``tests/deploy/test_dashboard.py`` regenerates the
+dashboard and fails when the committed ``dashboards/scarlet-communication.json`` differs,
+and ``tests/integration/test_observability.py`` evaluates every query below against a
+real Prometheus scraping a live federation. The dashboard targets Grafana 11
+(schemaVersion 39) and selects its Prometheus through the ``${datasource}`` variable.
+Queries that count workers rely on the ``service`` target label our scrape configurations
+set (``deploy/prometheus/``).
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def test_the_same_input_gives_the_same_bytes():
     assert hashlib.sha256(data).hexdigest()[:16] == GOLDEN_DIGEST
 
 
-GOLDEN_DIGEST = "3191e75ee477a8a9"
+GOLDEN_DIGEST = "d38f2c79e67b2074"
 
 
 # -- descriptions are the caller's: ValueError ------------------------------------------
@@ -198,16 +198,26 @@ def test_frames_cut_short_extended_or_not_whole_words_raise_decode_error():
             _read(broken, description)
 
 
-def test_every_single_bit_flip_of_a_frame_is_caught():
-    # ANS decoding must end in the state encoding began with: a changed word leaves a
-    # different state, so words are left over or a model header does not add up
-    data, _, description = _valid()
-    for position in range(0, len(data), 7):
-        for bit in (0, 5):
+def test_single_bit_flips_are_caught_or_decode_to_valid_symbols():
+    # ANS decoding must end in the state encoding began with: a changed word almost always
+    # leaves another state, so words are left over or a model header does not add up. A
+    # flip in the lowest bits of the last symbols decoded can slip through as other valid
+    # symbols (as any flip does in the dense layout); no checksum is spent on it, since the
+    # transport already checks the bytes
+    data, symbols, description = _valid()
+    caught = slipped = 0
+    for position in range(len(data)):
+        for bit in range(8):
             broken = bytearray(data)
             broken[position] ^= 1 << bit
-            with pytest.raises(DecodeError):
-                _read(bytes(broken), description)
+            try:
+                (result,) = _read(bytes(broken), description)
+            except DecodeError:
+                caught += 1
+                continue
+            slipped += 1
+            assert result.shape == symbols.shape and 0 <= result.min() <= result.max() < 256
+    assert slipped <= 0.001 * (caught + slipped)
 
 
 @settings(max_examples=200, deadline=None)

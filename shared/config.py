@@ -71,10 +71,10 @@ class FederationConfig(BaseModel):
         0, ge=0, description="adaptive cache: longest reuse of a stable entry (0: 2·D)"
     )
     uplink_codec: str = Field(
-        "q8+zstd", description="soft-label codec of uploads: f32, f16, q2..q8, +zstd or +ans"
+        "q8+ans", description="soft-label codec of uploads: f32, f16, q2..q8, +zstd or +ans"
     )
     downlink_codec: str = Field(
-        "q8+zstd", description="soft-label codec of global labels sent to clients"
+        "q8+ans", description="soft-label codec of global labels sent to clients"
     )
     client_eval_every: int = Field(
         1, ge=0, description="evaluate clients every N rounds (0: never)"

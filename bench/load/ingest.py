@@ -16,6 +16,12 @@ All three drain the same quorum queue (the uploads queue is one), filled before 
 trial with the same bodies; trials alternate batched raw, per-message raw, aggregator,
 batched raw, ... and the rows report ratios of medians. Each aggregator trial's round is
 fresh (a new core and Redis key prefix), so that every upload is accepted and recorded.
+
+The bodies are encoded with the configuration's default uplink codec (named in the setting
+column), since that is what an aggregator decodes unless told otherwise. When the default
+is not ``q8+zstd`` (the default before DECISIONS §30's revision), each trial also runs the
+aggregator on the same labels under ``q8+zstd``, so one table shows what the default's
+smaller bodies cost in ingest rate.
 """
 
 from __future__ import annotations
@@ -47,10 +53,12 @@ from shared.transport.base import batch_size
 __all__ = ["run"]
 
 SETTINGS = ServiceSettings()
+DEFAULT_CODEC = FederationConfig(run_id="bench-ingest").uplink_codec
+REFERENCE_CODEC = "q8+zstd"
 PREFETCH = SETTINGS.ingest_prefetch
 GOAL = 0.80
 # (classes, uploads per trial, logit scale): the scale sets how peaked the soft labels
-# are, and so the q8+zstd body size (about 5.4 KB at C = 10, 29 KB at C = 100)
+# are, and so the body size (q8+zstd: about 5.4 KB at C = 10, 29 KB at C = 100)
 CASES = ((10, 2000, 4.0), (100, 400, 2.65))
 TRIALS, QUICK_TRIALS = 5, 3
 QUICK_SHARE = 4  # quick: a quarter of the uploads per trial
@@ -64,6 +72,10 @@ class Workload:
     config: FederationConfig
     classes: int
     bodies: list[bytes]
+
+    @property
+    def codec(self) -> str:
+        return self.config.uplink_codec
 
     @property
     def mean_kb(self) -> float:
@@ -81,15 +93,25 @@ def run(quick: bool) -> list[Row]:
         for classes, uploads, scale in CASES:
             count = uploads // QUICK_SHARE if quick else uploads
             workload = make_workload(classes, count, scale)
-            rows += _rows(workload, _interleaved(workload, queue, trials))
+            reference = None
+            if DEFAULT_CODEC != REFERENCE_CODEC:
+                reference = make_workload(classes, count, scale, codec=REFERENCE_CODEC)
+            rates = _interleaved(workload, reference, queue, trials)
+            rows += _rows(workload, rates)
+            if reference is not None:
+                rows += _reference_rows(workload, reference, rates)
     finally:
         admin.delete_queue(queue)
         admin.close()
     return rows
 
 
-def make_workload(classes: int, clients: int, scale: float) -> Workload:
-    """Round 0 of a ``clients``-client federation and every client's q8+zstd upload."""
+def make_workload(classes: int, clients: int, scale: float, codec: str = DEFAULT_CODEC) -> Workload:
+    """Round 0 of a ``clients``-client federation and every client's upload under ``codec``.
+
+    The labels depend only on the case, not on ``codec``: two workloads of one case carry
+    the same soft labels in different encodings.
+    """
     config = FederationConfig(
         run_id="bench-ingest",
         dataset="cifar10" if classes == 10 else "cifar100",
@@ -98,6 +120,7 @@ def make_workload(classes: int, clients: int, scale: float) -> Workload:
         test_per_client=0,
         public_size=10_000,
         public_per_round=1000,
+        uplink_codec=codec,
     )
     core = AggregatorCore(config, classes)
     core.open_round()
@@ -123,8 +146,10 @@ def _soft_labels(rng: np.random.Generator, rows: int, classes: int, scale: float
     return labels
 
 
-def _interleaved(workload: Workload, queue: str, trials: int) -> dict[str, list[float]]:
-    rates: dict[str, list[float]] = {"batched": [], "single": [], "ours": []}
+def _interleaved(
+    workload: Workload, reference: Workload | None, queue: str, trials: int
+) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {"batched": [], "single": [], "ours": [], "reference": []}
     count = len(workload.bodies)
     for _ in range(trials):
         _fill(queue, workload.bodies)
@@ -133,6 +158,9 @@ def _interleaved(workload: Workload, queue: str, trials: int) -> dict[str, list[
         rates["single"].append(raw_pika_rate(queue, count, batched=False))
         _fill(queue, workload.bodies)
         rates["ours"].append(aggregator_rate(queue, workload))
+        if reference is not None:
+            _fill(queue, reference.bodies)
+            rates["reference"].append(aggregator_rate(queue, reference))
     return rates
 
 
@@ -224,7 +252,7 @@ def aggregator_rate(queue: str, workload: Workload) -> float:
 
 
 def _rows(workload: Workload, rates: dict[str, list[float]]) -> list[Row]:
-    setting = f"C={workload.classes}, {workload.mean_kb:.1f} KB bodies, prefetch {PREFETCH}"
+    setting = _setting(workload)
     ours = statistics.median(rates["ours"])
     ratio = ours / statistics.median(rates["batched"])
     textbook = ours / statistics.median(rates["single"])
@@ -243,6 +271,32 @@ def _rows(workload: Workload, rates: dict[str, list[float]]) -> list[Row]:
         Row("ingest", "raw pika, batched acks (msg/s)", detail, _rate(rates["batched"])),
         Row("ingest", "raw pika, per-message acks (msg/s)", detail, _rate(rates["single"])),
     ]
+
+
+def _reference_rows(
+    workload: Workload, reference: Workload, rates: dict[str, list[float]]
+) -> list[Row]:
+    """The default codec's ingest rate against the reference codec's, same trials."""
+    cost = statistics.median(rates["ours"]) / statistics.median(rates["reference"])
+    size = workload.mean_kb / reference.mean_kb
+    both = f"C={workload.classes}, {workload.codec} vs {reference.codec}, prefetch {PREFETCH}"
+    return [
+        Row(
+            "ingest",
+            f"aggregator ingest (uploads/s), {reference.codec} bodies",
+            f"{_setting(reference)}; {len(rates['reference'])} interleaved trials, medians",
+            _rate(rates["reference"]),
+        ),
+        Row("ingest", f"ingest rate, {workload.codec} / {reference.codec}", both, f"{cost:.2f}"),
+        Row("ingest", f"body size, {workload.codec} / {reference.codec}", both, f"{size:.2f}"),
+    ]
+
+
+def _setting(workload: Workload) -> str:
+    return (
+        f"C={workload.classes}, {workload.codec}, {workload.mean_kb:.1f} KB bodies, "
+        f"prefetch {PREFETCH}"
+    )
 
 
 def _rate(rates: list[float]) -> str:

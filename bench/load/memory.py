@@ -2,7 +2,7 @@
 
 Two measurements of real processes against the local RabbitMQ and Redis:
 
-* **scarlet up** on a tiny federation (digits, pinned clients, the example's codecs): the
+* **scarlet up** on a tiny federation (digits, pinned clients, the default codecs): the
   peak resident set (``VmHWM`` in ``/proc/<pid>/status``) of the launcher and of every
   child it starts, sampled every 0.1 s while they run. The launcher and the cache service
   have the goal; the aggregator and the workers, which run models, are reported.
@@ -55,6 +55,7 @@ _AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 _REDIS = "redis://127.0.0.1:6379/0"
 _ROLES = (("services.cache", "cache"), ("services.aggregator", "aggregator"))
 _CLASSES = 10
+_DEFAULTS = FederationConfig(run_id="bench-memory")
 
 
 def run(quick: bool) -> list[Row]:
@@ -62,7 +63,7 @@ def run(quick: bool) -> list[Row]:
     peaks = scarlet_up_peaks(rounds=1 if quick else 2)
     public = 2_000 if quick else 10_000
     serving = cache_service_peak(public, requests=3 if quick else 10)
-    setting = f"scarlet up, digits, 2 clients, {1 if quick else 2} rounds"
+    setting = f"scarlet up, digits, 2 clients, {1 if quick else 2} rounds, {_DEFAULTS.uplink_codec}"
     rows = [
         _goal_row("launcher (scarlet up) peak RSS", setting, peaks.get("launcher")),
         _goal_row("cache service peak RSS", setting + ", idle", peaks.get("cache")),
@@ -141,8 +142,8 @@ public_per_round = 100
 local_epochs = 1
 distill_epochs = 1
 server_distill_epochs = 1
-uplink_codec = "q8+zstd"
-downlink_codec = "q8+zstd"
+uplink_codec = "{_DEFAULTS.uplink_codec}"
+downlink_codec = "{_DEFAULTS.downlink_codec}"
 threads = 1
 
 [service]

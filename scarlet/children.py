@@ -4,26 +4,31 @@ Importing torch and the services costs each process about 2.4 CPU-seconds; a loc
 federation starts five or more such processes on a machine that may have two cores, so
 ``scarlet up`` spent most of its start-up importing the same modules again and again.
 :class:`PreloadedStarter` runs one *fork server* (:mod:`multiprocessing`'s
-``forkserver``) that imports the service modules once, and forks every child from it: a
-child starts with everything imported (its pages shared copy-on-write) and only parses
-its configuration and loads its data. The launcher itself never imports torch: the fork
-server is a separate process, started before the broker users are provisioned so that
-its imports overlap that work.
+``forkserver``) that imports the model-running services once and warms torch up, and
+forks the aggregator and the workers from it: a child starts with everything imported
+(its pages shared copy-on-write) and only parses its configuration and loads its data.
+The cache service, which imports no torch, starts as a plain subprocess. The launcher
+itself never imports torch: the fork server is a separate process, started before the
+broker users are provisioned so that its imports overlap that work.
 
 A forked child behaves like ``python -m <module> <args>`` started by
 :class:`subprocess.Popen`: its own session (Ctrl-C reaches only the launcher), stdin
 from ``/dev/null``, stdout and stderr appended to its log, the launcher's environment
 and working directory as they were when it was started, and its exit status (negative
-for a signal) as the return code. :class:`SubprocessStarter` is the plain
+for a signal) as the return code, and ``python -m <module> <args>`` as its command line
+in ``ps`` (:func:`retitle`). :class:`SubprocessStarter` is the plain
 ``subprocess`` way, for platforms without ``fork``.
 
-Forking is safe here because the fork server only imports: no torch operation has run
-in it, so no thread pool exists to be lost in the children (each sets its own threads).
+Forking is safe here because the fork server has run torch on one thread only (the
+warm-up of :mod:`scarlet.preload`): no thread pool exists to be lost in the
+children, and each sets its own thread count (``scarlet up`` gives every child one
+unless ``threads`` says otherwise).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import multiprocessing
 import multiprocessing.context
@@ -38,6 +43,7 @@ from typing import Protocol
 
 __all__ = [
     "SERVICE_MODULES",
+    "WARM_MODULES",
     "ChildProcess",
     "PreloadedStarter",
     "Starter",
@@ -45,8 +51,16 @@ __all__ = [
     "default_starter",
 ]
 
-SERVICE_MODULES = ("services.cache", "services.aggregator", "services.worker")
-"""The packages whose ``__main__`` modules the fork server imports before any fork."""
+SERVICE_MODULES = ("services.aggregator", "services.worker")
+"""The packages forked from the fork server, which imports their ``__main__`` modules.
+
+The processes that run models. The cache service is not among them: it imports no
+torch, and a child forked from a server holding torch would count torch's pages in its
+resident set; it starts as a plain subprocess (0.5 s).
+"""
+
+WARM_MODULES = ("scarlet.preload",)
+"""Imported last by the fork server: work whose result the children inherit."""
 
 
 class ChildProcess(Protocol):
@@ -120,11 +134,19 @@ class PreloadedStarter:
         modules: packages whose ``__main__`` the server imports (their import must have
             no side effect beyond defining things, which ``if __name__ == "__main__"``
             guards ensure).
+        warm: modules imported after them for their side effect, by default
+            :mod:`scarlet.preload` (torch's first-call cost, paid once).
+
+    A module not in ``modules`` starts as a plain subprocess (:class:`SubprocessStarter`).
     """
 
-    def __init__(self, modules: Sequence[str] = SERVICE_MODULES) -> None:
+    def __init__(
+        self, modules: Sequence[str] = SERVICE_MODULES, warm: Sequence[str] = WARM_MODULES
+    ) -> None:
+        self.modules = tuple(modules)
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload([f"{m}.__main__" for m in modules])
+        self._context.set_forkserver_preload([*(f"{m}.__main__" for m in modules), *warm])
+        self._plain = SubprocessStarter()
 
     def warm_up(self) -> None:
         """Start the fork server now: its imports run while the launcher does other work."""
@@ -136,6 +158,8 @@ class PreloadedStarter:
     ) -> ChildProcess:
         """Fork a child that runs ``module_args[0]``'s ``main(module_args[1:])``."""
         module, *argv = module_args
+        if module not in self.modules:
+            return self._plain.start(module_args, log_path, env)
         process = self._context.Process(
             target=_run_module,
             args=(module, argv, str(log_path), dict(env), os.getcwd()),
@@ -196,6 +220,41 @@ def default_starter() -> Starter:
     return SubprocessStarter()
 
 
+def retitle(words: Sequence[str]) -> None:
+    """Show ``words`` as this process's command line (``ps``, ``/proc/<pid>/cmdline``).
+
+    A forked child would otherwise show the fork server's command line, the same for
+    every service. Linux keeps the command line in the argument area the process started
+    with (``arg_start`` .. ``arg_end`` in ``/proc/self/stat``); the new words are written
+    there, NUL-separated, cut to fit, the rest zeroed. Elsewhere, or when the area cannot
+    be found, nothing changes.
+    """
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # fields 48 and 49 of stat(5)
+    except (OSError, IndexError, ValueError):
+        return
+    if not 0 < start < end or end - start > 1 << 20:
+        return
+    size = end - start
+    text = b"\0".join(word.encode() for word in words)[: size - 1]
+    ctypes.memmove(start, text + b"\0" * (size - len(text)), size)
+
+
+def _reseed() -> None:
+    """Fresh global seeds, as a new interpreter would have (forks share the server's).
+
+    Nothing of the federation draws from them (every draw has its own seeded generator);
+    this keeps anything else that might from drawing the same in every child.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+
+
 @contextlib.contextmanager
 def _main_hidden() -> Iterator[None]:
     """Keep multiprocessing from running the launcher's main script again in each child.
@@ -227,6 +286,8 @@ def _run_module(module: str, argv: list[str], log_path: str, env: dict[str, str]
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True, write_through=True)
+    _reseed()
+    retitle([sys.executable, "-m", module, *argv])
     sys.argv = [f"{module}.__main__", *argv]
     main = importlib.import_module(f"{module}.__main__").main
     sys.exit(main(argv))

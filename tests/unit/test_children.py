@@ -24,7 +24,7 @@ PROBE = "tests.children_probe"
 @pytest.fixture(params=["forked", "subprocess"])
 def starter(request: pytest.FixtureRequest) -> Starter:
     if request.param == "forked":
-        return PreloadedStarter(modules=(PROBE,))
+        return PreloadedStarter(modules=(PROBE,), warm=())
     return SubprocessStarter()
 
 
@@ -89,7 +89,7 @@ def test_forked_children_do_not_rerun_the_launcher_s_main_script(tmp_path: Path)
         "from scarlet.children import PreloadedStarter\n"
         "from pathlib import Path\n"
         "print('main ran', flush=True)\n"
-        f"child = PreloadedStarter(modules=({PROBE!r},)).start(\n"
+        f"child = PreloadedStarter(modules=({PROBE!r},), warm=()).start(\n"
         f"    [{PROBE!r}, 'exit', '0'], Path({str(tmp_path / 'c.log')!r}), dict(os.environ))\n"
         "sys.exit(child.wait(30))\n"
     )
@@ -100,3 +100,28 @@ def test_forked_children_do_not_rerun_the_launcher_s_main_script(tmp_path: Path)
     # Then the script ran once and its child once
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("main ran") == 1
+
+
+def test_a_warm_fork_server_s_children_run_torch_with_their_own_threads_and_seeds(
+    tmp_path: Path,
+) -> None:
+    # Given the default fork server (services imported, torch warmed up on one thread)
+    starter = PreloadedStarter(modules=(PROBE,))
+    # When two children ask for two threads and train (a pool lost by the fork would hang)
+    runs = [_run(starter, tmp_path, "torch", "2") for _ in range(2)]
+    # Then each has its threads and, like a fresh interpreter, its own global seed
+    assert [code for code, _ in runs] == [0, 0], runs
+    assert all("threads=2 " in text for _, text in runs)
+    seeds = {text.split("seed=")[1].strip() for _, text in runs}
+    assert len(seeds) == 2
+
+
+def test_a_child_shows_its_own_command_line(starter: Starter, tmp_path: Path) -> None:
+    text = _run(starter, tmp_path, "cmdline", "--flag")[1]
+    assert f"cmdline: -m {PROBE} cmdline --flag" in text
+
+
+def test_a_module_that_is_not_preloaded_starts_as_a_subprocess(tmp_path: Path) -> None:
+    code, text = _run(PreloadedStarter(modules=(), warm=()), tmp_path, "cmdline")
+    assert code == 0
+    assert f"parent: {os.getpid()}" in text  # our own child, not the fork server's

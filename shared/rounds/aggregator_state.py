@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import numpy as np
-import zstandard
 
 from shared.arrays import IndexArray, LabelArray
 from shared.cache_policy import CacheCommit, RequestPlan
@@ -22,10 +20,11 @@ from shared.errors import DecodeError, StateError
 from shared.protocol.messages import DistillTargets
 from shared.protocol.plain import from_plain, to_plain
 from shared.rounds.aggregator import AggregatorCore, RoundPhase
+from shared.rounds.mirrors import SparseClientMirrors
 
 __all__ = ["dump_aggregator", "restore_aggregator"]
 
-_VERSION = 2  # 2: fields (de)serialised from _CoreState's annotations
+_VERSION = 3  # 2: fields (de)serialised from _CoreState's annotations; 3: sparse mirrors
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +41,7 @@ class _CoreState:
     commit: CacheCommit | None
     targets_digest: str
     cache_version: int
-    mirrors: bytes | None  # zstd of the (K, |P|) int64 written rounds, little-endian
+    mirrors: bytes | None  # SparseClientMirrors.to_bytes(): the entries clients hold
     extra: dict[str, Any]
 
 
@@ -52,10 +51,7 @@ def dump_aggregator(core: AggregatorCore, extra: Mapping[str, object] | None = N
     ``extra`` carries the service's own fields (server model weights, round progress);
     its values must be msgpack-ready (see :func:`~shared.protocol.plain.to_plain`).
     """
-    mirrors = None
-    if core.mirrors is not None:
-        raw = core.mirrors.written.astype("<i8").tobytes()
-        mirrors = zstandard.ZstdCompressor(level=3).compress(raw)
+    mirrors = core.mirrors.to_bytes() if core.mirrors is not None else None
     state = _CoreState(
         v=_VERSION,
         run=core.config.run_id,
@@ -117,9 +113,10 @@ def restore_aggregator(
     core.last_commit = state.commit
     core.downlink_digest = state.targets_digest
     if core.mirrors is not None and state.mirrors is not None:
-        raw = zstandard.ZstdDecompressor().decompress(state.mirrors)
-        shape = core.mirrors.written.shape
-        core.mirrors.written = np.frombuffer(raw, dtype="<i8").astype(np.int64).reshape(shape)
+        mirrors = core.mirrors
+        core.mirrors = SparseClientMirrors.from_bytes(
+            state.mirrors, mirrors.num_clients, mirrors.public_size
+        )
     core.uploads = {}
     return state.extra
 

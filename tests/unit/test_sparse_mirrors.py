@@ -112,3 +112,37 @@ def test_mirrors_of_a_larger_federation_do_not_load_into_a_smaller_one():
 def test_a_client_outside_the_federation_is_refused():
     with pytest.raises(ValueError, match="outside"):
         SparseClientMirrors(K, P).held(K, np.arange(3))
+
+
+def test_an_aggregator_of_ten_thousand_clients_keeps_and_checkpoints_only_what_it_sent():
+    from shared.rounds.aggregator import AggregatorCore
+    from shared.rounds.aggregator_state import dump_aggregator, restore_aggregator
+    from tests.unit.test_aggregator_core import C as CLASSES
+    from tests.unit.test_aggregator_core import _config, _run_round
+
+    # Given K = 10,000 and |P| = 10,000 with 1 % sampled: the dense table would be 800 MB
+    cfg = _config(
+        clients=10_000,
+        sample_ratio=0.01,
+        public_size=10_000,
+        public_per_round=500,
+        samples_per_client=5,
+    )
+    core = AggregatorCore(cfg, CLASSES)
+    # When three rounds run
+    for _ in range(3):
+        _run_round(core)
+    # Then the record holds the deliveries of rounds 1 and 2 only (round 0 has no commit)
+    assert isinstance(core.mirrors, SparseClientMirrors)
+    assert core.mirrors.clients_holding <= 200
+    assert 0 < core.mirrors.entries <= 200 * 500
+    blob = dump_aggregator(core)
+    assert len(blob) < 2_000_000
+    # and a restored aggregator holds the same record
+    assert core.cache is not None
+    restored = AggregatorCore(cfg, CLASSES)
+    restore_aggregator(restored, blob, core.cache.labels, core.cache.written, core.cache.version)
+    assert isinstance(restored.mirrors, SparseClientMirrors)
+    for k in range(0, 10_000, 7):
+        indices = np.arange(10_000)
+        assert np.array_equal(restored.mirrors.held(k, indices), core.mirrors.held(k, indices))

@@ -22,6 +22,7 @@ Both send nothing: every byte counter of their records is 0, and the report prin
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -66,7 +67,7 @@ def _record(t: int, server: float, client: float, clients: int, seconds: float) 
     )
 
 
-def _mean_shard_accuracy(models: list[nn.Module], shards: list[ImageDataset]) -> float:
+def _mean_shard_accuracy(models: list[nn.Module], shards: Sequence[ImageDataset]) -> float:
     accs = [
         evaluate(m, s.images, s.labels, batch_size=100)
         for m, s in zip(models, shards, strict=True)

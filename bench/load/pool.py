@@ -316,11 +316,14 @@ def _probe_data(public: int, clients: int) -> tuple[FederationConfig, RawImages,
         train, test = read_dataset("fashion-mnist")
         return config, train, test
     # past Fashion-MNIST's 60,000: synthetic images of its shape, built here (the config's
-    # size check knows the real data sets only, so it is made for a 50,000 public set)
+    # size check knows the real data sets only: it is made small, then resized unchecked)
     import torch
 
-    config = FederationConfig(dataset="fashion-mnist", public_size=50_000, **settings)
-    config = config.model_copy(update={"public_size": public})
+    small = {**settings, "clients": 10, "sample_ratio": 1.0}
+    config = FederationConfig(dataset="fashion-mnist", public_size=2_000, **small)
+    config = config.model_copy(
+        update={"public_size": public, "clients": clients, "sample_ratio": settings["sample_ratio"]}
+    )
     rng = np.random.default_rng(1)
     train_n, test_n = public + clients * per_client + 10_000, 10_000
 

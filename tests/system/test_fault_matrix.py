@@ -38,6 +38,8 @@ from shared.results import RoundRecord
 from shared.rounds.aggregator import drawn_public_indices
 from shared.state import open_federation_store
 from shared.state.base import FederationStore
+from shared.transport import open_transport
+from shared.transport.topology import declare_topology
 from tests.conftest import AMQP_URL, require_rabbitmq, require_redis, require_tool
 from tests.integration.test_amqp_reconnect import (
     PrivateRabbitNode,
@@ -115,6 +117,28 @@ def _launch(tmp: Path, broker_url: str = AMQP_URL, redis_url: str | None = None)
     store = open_federation_store(settings.redis_url, config.run_id, retry_s=30)
     launcher.prepare(store)
     return Federation(launcher, store, launcher.write_config())
+
+
+QUEUE_SETTLE_S = 8.0
+"""How long a new quorum queue needs before a kill -9 of its node cannot lose it.
+
+RabbitMQ 3.10 records a new quorum queue's Ra server in a table it writes to disk a few
+seconds later; a broker killed within that window restarts with the queue in its
+metadata but no Ra server behind it (every consume times out with 541 INTERNAL_ERROR
+after 60 s). A real run declares its queues long before it could matter; this test's
+federation reaches round 2 about two seconds after start, so the queues are declared
+and left to settle first.
+"""
+
+
+def _settle_topology(fed: Federation, url: str) -> None:
+    """Declare the run's queues as the services will, then wait ``QUEUE_SETTLE_S``."""
+    transport = open_transport(url)
+    try:
+        declare_topology(transport, fed.launcher.config, "pinned")
+    finally:
+        transport.close()
+    time.sleep(QUEUE_SETTLE_S)
 
 
 def _run(fed: Federation, fault: Callable[[Federation], None] | None, at: int) -> Outcome:
@@ -288,6 +312,7 @@ def test_a_rabbitmq_restart_mid_round_ends_with_the_undisturbed_results(
 ):
     # Given the federation on a private broker node
     fed = _launch(tmp_path, broker_url=private_rabbitmq.url)
+    _settle_topology(fed, private_rabbitmq.url)
     restarted = threading.Event()
     killed_in_round: list[int] = []
 

@@ -36,6 +36,7 @@ from shared.errors import CacheDesync, RoundStateConflict
 
 __all__ = [
     "NEVER",
+    "catch_up_diff",
     "adaptive_reuse",
     "CacheCommit",
     "CacheSignal",
@@ -322,6 +323,24 @@ class CatchUpDiff:
         return self.update_indices.size == 0 and self.clear_indices.size == 0
 
 
+def catch_up_diff(held: IndexArray, commit: CacheCommit) -> CatchUpDiff:
+    """The changes that bring a replica holding ``held`` on ``commit.indices`` to C_g.
+
+    ``held`` is the written round of each of ``commit.indices`` in the replica (``NEVER``:
+    empty); the target is C_g before ``commit`` (``commit.previous_written``): differing
+    entries are updated, entries that C_g no longer has are cleared.
+    """
+    want = commit.previous_written
+    update = (want != NEVER) & (held != want)
+    clear = (want == NEVER) & (held != NEVER)
+    return CatchUpDiff(
+        update_indices=commit.indices[update],
+        update_labels=commit.previous_labels[update],
+        update_written=want[update],
+        clear_indices=commit.indices[clear],
+    )
+
+
 class ClientMirrors:
     """The aggregator's record of which global entry every client holds.
 
@@ -333,16 +352,7 @@ class ClientMirrors:
 
     def diff(self, client_id: int, commit: CacheCommit) -> CatchUpDiff:
         """What ``client_id`` must change so that its replica equals C_g before ``commit``."""
-        held = self.written[client_id, commit.indices]
-        want = commit.previous_written
-        update = (want != NEVER) & (held != want)
-        clear = (want == NEVER) & (held != NEVER)
-        return CatchUpDiff(
-            update_indices=commit.indices[update],
-            update_labels=commit.previous_labels[update],
-            update_written=want[update],
-            clear_indices=commit.indices[clear],
-        )
+        return catch_up_diff(self.written[client_id, commit.indices], commit)
 
     def record_delivery(self, client_id: int, commit: CacheCommit, cache: ServerCache) -> None:
         """The client received ``commit``'s signals: it now holds C_g on those indices."""

@@ -158,7 +158,7 @@ def _sample(root: subprocess.Popen[str], peaks: dict[int, tuple[str, float]]) ->
     """Record each process's high-water mark until ``root`` exits."""
     while root.poll() is None:
         for pid, role in _tree(root.pid).items():
-            hwm = _high_water_mib(pid)
+            hwm = high_water_mib(pid)
             if hwm is not None:
                 peaks[pid] = (role, max(hwm, peaks.get(pid, (role, 0.0))[1]))
         time.sleep(0.1)
@@ -196,7 +196,8 @@ def _role(pid: int) -> str:
     return next((role for module, role in _ROLES if module in command), "worker")
 
 
-def _high_water_mib(pid: int) -> float | None:
+def high_water_mib(pid: int) -> float | None:
+    """Peak resident memory (VmHWM) of process ``pid`` in MiB, or None once it is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:

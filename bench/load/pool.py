@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.load.memory import high_water_mib
 from bench.load.table import Row
 from shared.config import FederationConfig
 from shared.data import RawImages, read_dataset
@@ -159,7 +160,7 @@ def _sample(root: subprocess.Popen[str], peaks: dict[int, tuple[str, float]]) ->
     while root.poll() is None:
         for pid in _descendants(root.pid):
             role = _role(pid)
-            hwm = _high_water_mib(pid)
+            hwm = high_water_mib(pid)
             if role is not None and hwm is not None:
                 peaks[pid] = (role, max(hwm, peaks.get(pid, (role, 0.0))[1]))
         time.sleep(0.2)
@@ -192,17 +193,6 @@ def _role(pid: int) -> str | None:
     for module, role in (("services.aggregator", "aggregator"), ("services.worker", "worker")):
         if f"-m {module}" in command:
             return role
-    return None
-
-
-def _high_water_mib(pid: int) -> float | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
     return None
 
 

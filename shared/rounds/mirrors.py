@@ -17,7 +17,7 @@ import numpy.typing as npt
 import zstandard
 
 from shared.arrays import IndexArray
-from shared.cache_policy import NEVER, CacheCommit, CatchUpDiff, ServerCache
+from shared.cache_policy import NEVER, CacheCommit, CatchUpDiff, ServerCache, catch_up_diff
 from shared.errors import StateError
 
 __all__ = ["SparseClientMirrors"]
@@ -65,16 +65,7 @@ class SparseClientMirrors:
 
     def diff(self, client_id: int, commit: CacheCommit) -> CatchUpDiff:
         """What ``client_id`` must change so that its replica equals C_g before ``commit``."""
-        held = self.held(client_id, commit.indices)
-        want = commit.previous_written
-        update = (want != NEVER) & (held != want)
-        clear = (want == NEVER) & (held != NEVER)
-        return CatchUpDiff(
-            update_indices=commit.indices[update],
-            update_labels=commit.previous_labels[update],
-            update_written=want[update],
-            clear_indices=commit.indices[clear],
-        )
+        return catch_up_diff(self.held(client_id, commit.indices), commit)
 
     def record_delivery(self, client_id: int, commit: CacheCommit, cache: ServerCache) -> None:
         """The client received ``commit``'s signals: it now holds C_g on those indices."""

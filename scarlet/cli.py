@@ -2,6 +2,7 @@
 
 Subcommands:
   simulate       run a whole federation (K clients + server) in one process
+  compare        run it and DS-FL with the same codec on one split; print rounds and bytes to target
   up             run it as real services (cache, aggregator, workers) on RabbitMQ and Redis
   report         plot results files as PNGs (accuracy vs bytes, bytes per round)
   down           remove a run's queues, exchanges and Redis keys
@@ -45,6 +46,19 @@ def make_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", default="runs/latest.json", help="results file (JSON)")
     sim.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_flags(sim, FederationConfig)
+
+    comp = sub.add_parser(
+        "compare",
+        help="run the federation and DS-FL with the same codec; print rounds and bytes to target",
+        description="Run the configured federation and DS-FL with the same codecs, sizes and "
+        "seed on one split, then print, for 90/95/99 %% of DS-FL's final accuracy, the first "
+        "round each reaches it and the wire bytes spent by then. Writes both results files "
+        "and the report's PNGs to --out.",
+    )
+    _common(comp)
+    comp.add_argument("--out", type=Path, default=Path("runs/compare"), help="results folder")
+    comp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_flags(comp, FederationConfig)
 
     up = sub.add_parser("up", help="run the real services as local processes")
     _common(up, log_level=False)
@@ -151,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "down":
                 return _down(config, settings, tuple(args.reply_worker))
             return _up(config, settings, args)
+        if args.command == "compare":
+            return _compare(config, args.out, progress=not args.no_progress)
         return _simulate(config, Path(args.out), progress=not args.no_progress)
     except ScarletError as e:
         print(f"scarlet: error: {e}", file=sys.stderr)
@@ -195,6 +211,44 @@ def _simulate(config: FederationConfig, out: Path, *, progress: bool) -> int:
         f"{s['baseline_bytes_total'] / 2**20:.1f} MiB; wire {s['wire_bytes_total'] / 2**20:.1f} MiB"
     )
     print(f"scarlet: results written to {path}")
+    return EXIT_OK
+
+
+def _compare(config: FederationConfig, out: Path, *, progress: bool) -> int:
+    from scarlet.compare import baseline_config, compare, format_comparison
+
+    if config.algorithm == "dsfl":
+        print(
+            "scarlet: error: compare runs DS-FL itself as the baseline; configure "
+            "another algorithm",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    baseline = baseline_config(config)
+    print(
+        f"scarlet: comparing {config.algorithm} ({config.cache_policy} cache) with DS-FL, "
+        f"codecs {config.uplink_codec} up / {config.downlink_codec} down, on {config.dataset}: "
+        f"{config.clients} clients, {config.rounds} rounds each"
+    )
+    bar = tqdm(total=2 * config.rounds, unit="round", disable=not progress, file=sys.stderr)
+
+    def on_round(name: str, record: RoundRecord) -> None:
+        bar.write(f"{name[:28]:<28} {format_round_line(record)}")
+        bar.update(1)
+
+    try:
+        runs, written = compare(config, out, on_round)
+    finally:
+        bar.close()
+    print()
+    print(format_comparison(runs))
+    print()
+    print(
+        f"scarlet: targets are shares of DS-FL's final accuracy; wire ratios are against "
+        f"DS-FL ({baseline.uplink_codec}) at its own crossing"
+    )
+    for path in written:
+        print(f"scarlet: wrote {path}")
     return EXIT_OK
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "NEVER",
     "catch_up_diff",
     "adaptive_reuse",
+    "window_reuse",
     "CacheCommit",
     "CacheSignal",
     "CatchUpDiff",
@@ -242,6 +243,22 @@ def adaptive_reuse(
     inside = is_fresh(written, now, duration) & (drift <= threshold)
     longer = is_fresh(written, now, max_duration) & ~is_fresh(written, now, duration)
     return inside | (longer & (drift <= threshold / 2))
+
+
+def window_reuse(written: IndexArray, now: int, max_age: int) -> BoolArray:
+    """The sliding policy's reuse decision: the one freshness predicate, bounded by the window.
+
+    An entry is reused when it is fresh within ``max_age`` rounds (:func:`is_fresh`), where
+    ``max_age`` is the number of rounds a sample stays in the window, capped by D. Asking
+    the server model whether a fresh entry drifted (as the adaptive policy does) was
+    measured not to help here (docs/EXPERIMENTS.md, "The sliding cache"), so it does not.
+
+    Args:
+        written: (n,) written rounds of the drawn entries (``NEVER`` when empty).
+        now: the round being planned.
+        max_age: the oldest reusable age.
+    """
+    return is_fresh(written, now, max_age)
 
 
 class ClientCache:

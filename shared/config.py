@@ -59,10 +59,18 @@ class FederationConfig(BaseModel):
     temperature: float = Field(0.1, gt=0, description="DS-FL ERA temperature (T)")
     beta: float = Field(2.0, gt=0, description="Enhanced ERA exponent (β)")
     cache_duration: int = Field(50, ge=0, description="cache duration D in rounds")
-    cache_policy: Literal["fixed", "adaptive"] = Field(
+    cache_policy: Literal["fixed", "adaptive", "sliding"] = Field(
         "fixed",
         description="fixed: reuse for D rounds (the paper); adaptive: refresh drifted "
-        "entries early, keep stable ones up to max_cache_duration",
+        "entries early, keep stable ones up to max_cache_duration; sliding: each round "
+        "draws a window that advances by refresh_share of itself, so only its new part "
+        "is requested",
+    )
+    refresh_share: float = Field(
+        0.4,
+        gt=0,
+        le=1,
+        description="sliding cache: share of each round's public draw that is new",
     )
     drift_threshold: float = Field(
         0.2, gt=0, le=1, description="adaptive cache: total-variation drift that forces a refresh"

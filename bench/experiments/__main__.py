@@ -1,4 +1,4 @@
-"""``python -m bench.experiments {grid,report,sensitivity}``: see docs/EXPERIMENTS.md."""
+"""``python -m bench.experiments {grid,report,acceptance,sensitivity}``: see docs/EXPERIMENTS.md."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from bench.experiments.grid import (
     parse_sets,
     run_grid,
 )
-from bench.experiments.report import write_report
+from bench.experiments.report import load_runs, write_report
 from bench.experiments.sensitivity import SensitivitySpec, run_sensitivity
+from bench.experiments.targets import acceptance, format_acceptance
 
 DEFAULT_OUT = "results/experiments"
 
@@ -47,6 +48,13 @@ def make_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="write results.md and the plots of a results folder")
     report.add_argument("--out", default=DEFAULT_OUT, help="results folder")
+
+    accept = sub.add_parser(
+        "acceptance",
+        help="print issue 13's acceptance table (ours vs DS-FL and DS-FL + codec) of a "
+        "results folder; exit 1 when a goal is not met",
+    )
+    accept.add_argument("--out", default=DEFAULT_OUT, help="results folder")
 
     sens = sub.add_parser("sensitivity", help="beta vs T and cache-duration sweeps")
     _sizes(sens)
@@ -105,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "report":
         print(f"wrote {write_report(args.out)}")
         return 0
+    if args.command == "acceptance":
+        verdicts = acceptance(load_runs(args.out))
+        print(format_acceptance(verdicts))
+        return 0 if verdicts and all(v.met for v in verdicts) else 1
     try:
         sizes = _sizes_from(args)
     except ValueError as e:
@@ -128,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if not args.no_report and not args.dry_run:
             print(f"wrote {write_report(args.out)}")
+            verdicts = acceptance(load_runs(args.out))
+            if verdicts:
+                print(format_acceptance(verdicts))
     else:
         rounds = int(sizes["rounds"])  # type: ignore[call-overload]
         spec = SensitivitySpec(

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.experiments.grid import BASELINE_METHODS, METHODS, alpha_label
+from bench.experiments.targets import acceptance, format_acceptance, format_targets, mean_curves
 from shared.results import RoundRecord
 
 __all__ = [
@@ -310,63 +311,16 @@ def write_report(folder: str | Path) -> Path:
         alpha_runs = [r for r in runs if r.alpha == alpha]
         png = plot_alpha(alpha_runs, folder, alpha)
         parts += [f"## {title}", "", format_table(alpha_rows), ""]
-        target = format_target_table(alpha_runs)
+        target = format_targets(mean_curves(alpha_runs))
         if target:
             parts += [target, ""]
         parts += [f"![{title}]({png.name})", ""]
+    verdicts = acceptance(runs)
+    if verdicts:
+        parts += ["## Acceptance (issue 13)", "", format_acceptance(verdicts), ""]
     out = folder / "results.md"
     out.write_text("\n".join(parts))
     return out
-
-
-TARGET_SHARE = 0.95
-
-
-def format_target_table(runs: Sequence[LoadedRun]) -> str:
-    """Communication needed to reach 95 % of DS-FL's final accuracy (mean curves).
-
-    The target is ``TARGET_SHARE`` times the final server accuracy of DS-FL's mean curve
-    over seeds; for each federated method, the first round where its mean curve reaches
-    the target and the mean cumulative bytes (both accountings) spent by then, with the
-    ratio to DS-FL's bytes at its own first crossing. Empty when there is no DS-FL run.
-    """
-    by_method: dict[str, list[LoadedRun]] = defaultdict(list)
-    for run in runs:
-        if run.method not in BASELINE_METHODS:
-            by_method[run.method].append(run)
-    if "dsfl" not in by_method:
-        return ""
-    curves = {}
-    for method, group in by_method.items():
-        acc = _mean_curve([[r.server_accuracy for r in g.rounds] for g in group])
-        paper = _mean_curve([g.cumulative("paper") for g in group])
-        wire = _mean_curve([g.cumulative("wire") for g in group])
-        curves[method] = (acc, paper, wire)
-    target = TARGET_SHARE * curves["dsfl"][0][-1]
-    hits = {
-        m: next((i for i, a in enumerate(c[0]) if a >= target), None) for m, c in curves.items()
-    }
-    ref = hits["dsfl"]
-    assert ref is not None  # DS-FL's own final round reaches 95 % of itself
-    _, ref_paper, ref_wire = curves["dsfl"]
-    lines = [
-        f"Communication to reach {100 * target:.2f} % server accuracy "
-        f"({100 * TARGET_SHARE:.0f} % of DS-FL's final, mean curves over seeds):",
-        "",
-        "| method | first round | paper (MiB) | wire (MiB) | paper vs DS-FL | wire vs DS-FL |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for method in sorted(curves, key=_method_order):
-        i = hits[method]
-        if i is None:
-            lines.append(f"| {method} | not reached | — | — | — | — |")
-            continue
-        _, paper, wire = curves[method]
-        lines.append(
-            f"| {method} | {i + 1} | {paper[i] / 2**20:,.2f} | {wire[i] / 2**20:,.2f} | "
-            f"{paper[i] / ref_paper[ref]:.3f} | {wire[i] / ref_wire[ref]:.3f} |"
-        )
-    return "\n".join(lines)
 
 
 def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:

@@ -7,7 +7,12 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["round_generator", "sample_clients", "sample_public_indices"]
+__all__ = [
+    "round_generator",
+    "sample_clients",
+    "sample_public_indices",
+    "sliding_window_positions",
+]
 
 
 def round_generator(seed: int, round_no: int, stream: int) -> torch.Generator:
@@ -55,3 +60,29 @@ def sample_public_indices(public_size: int, per_round: int, generator: torch.Gen
     if not 1 <= per_round <= public_size:
         raise ValueError(f"public samples per round must be in [1, {public_size}], got {per_round}")
     return torch.randperm(public_size, generator=generator)[:per_round]
+
+
+def sliding_window_positions(
+    public_size: int, per_round: int, stride: int, round_no: int
+) -> Tensor:
+    """Positions (into a run-wide permutation of the public set) of round t's window.
+
+    The window is ``per_round`` long and advances by ``stride`` each round, so consecutive
+    rounds share ``per_round - stride`` samples and only ``stride`` of each round's draw are
+    new. Round t covers positions [t·stride, t·stride + per_round), wrapping around the
+    public set. Round 0 draws a full window, as the paper's first round does: a smaller
+    one (a window growing to its length) was measured to start 6 points lower and never
+    to catch up on bytes (docs/EXPERIMENTS.md, "The sliding cache").
+
+    Returns:
+        (per_round,) int64 positions in [0, public_size).
+
+    Raises:
+        ValueError: when the sizes do not satisfy 1 <= stride <= per_round <= public_size.
+    """
+    if not 1 <= stride <= per_round <= public_size:
+        raise ValueError(
+            f"need 1 <= stride ({stride}) <= per_round ({per_round}) <= public_size ({public_size})"
+        )
+    start = round_no * stride
+    return torch.arange(start, start + per_round, dtype=torch.int64) % public_size

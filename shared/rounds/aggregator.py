@@ -11,6 +11,7 @@ converted at that edge without copies.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,10 +27,11 @@ from shared.cache_policy import (
     ServerCache,
     adaptive_reuse,
     targets_digest,
+    window_reuse,
 )
 from shared.config import FederationConfig
 from shared.distill import mean_by_index, sample_clients, sample_public_indices, sharpen
-from shared.distill.sampling import round_generator
+from shared.distill.sampling import round_generator, sliding_window_positions
 from shared.errors import RoundStateConflict
 from shared.protocol.messages import CatchUp, DistillTargets, SoftLabelUpload, TrainTask
 from shared.protocol.softlabels import roundtrip
@@ -42,10 +44,13 @@ __all__ = [
     "UploadOutcome",
     "drawn_public_indices",
     "sampled_clients",
+    "sliding_max_age",
+    "sliding_stride",
 ]
 
 _CLIENT_STREAM = 1
 _PUBLIC_STREAM = 2
+_WINDOW_STREAM = 3  # the sliding policy's run-wide permutation of the public set
 
 
 def sampled_clients(config: FederationConfig, round_no: int) -> tuple[int, ...]:
@@ -63,13 +68,51 @@ def sampled_clients(config: FederationConfig, round_no: int) -> tuple[int, ...]:
 
 
 def drawn_public_indices(config: FederationConfig, round_no: int) -> IndexArray:
-    """The public indices drawn in round ``round_no``; every request is a subset of them."""
+    """The public indices drawn in round ``round_no``; every request is a subset of them.
+
+    A function of the config and the round only (never of the cache), so that a worker can
+    check a task's requests against it. The sliding cache policy draws a window over one
+    run-wide permutation (:func:`sliding_window_positions`); every other policy draws
+    ``public_per_round`` indices uniformly, as the paper does.
+    """
+    if config.uses_cache and config.cache_policy == "sliding":
+        order = _public_permutation(config.seed, config.public_size)
+        positions = sliding_window_positions(
+            config.public_size, config.public_per_round, sliding_stride(config), round_no
+        )
+        window: IndexArray = order[positions.numpy()]
+        return window
     drawn: IndexArray = sample_public_indices(
         config.public_size,
         config.public_per_round,
         round_generator(config.seed, round_no, _PUBLIC_STREAM),
     ).numpy()
     return drawn
+
+
+def sliding_stride(config: FederationConfig) -> int:
+    """How many new public samples the sliding policy requests per round (at least 1)."""
+    n = config.public_per_round
+    return max(1, min(n, round(config.refresh_share * n)))
+
+
+def sliding_max_age(config: FederationConfig) -> int:
+    """The oldest entry the sliding policy reuses: min(D, rounds a sample stays in the window - 1).
+
+    A sample stays ceil(n / stride) rounds in the window; an entry older than that was
+    written on an earlier pass over the public set, so it is requested (and refreshed in
+    place) instead of reused.
+    """
+    return min(config.cache_duration, -(-config.public_per_round // sliding_stride(config)) - 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _public_permutation(seed: int, public_size: int) -> IndexArray:
+    order: IndexArray = torch.randperm(
+        public_size, generator=round_generator(seed, 0, _WINDOW_STREAM)
+    ).numpy()
+    order.setflags(write=False)
+    return order
 
 
 class RoundPhase(StrEnum):
@@ -165,7 +208,7 @@ class AggregatorCore:
         self.clients = sampled_clients(cfg, t)
         drawn = drawn_public_indices(cfg, t)
         if self.cache is not None:
-            reuse = self._adaptive_reuse(drawn, t, server_view)
+            reuse = self._reuse(drawn, t, server_view)
             self.plan = self.cache.plan_requests(drawn, t, cfg.cache_duration, reuse=reuse)
         else:
             self.plan = RequestPlan(np.sort(drawn), np.empty(0, dtype=np.int64))
@@ -173,13 +216,37 @@ class AggregatorCore:
         self.phase = RoundPhase.COLLECTING
         return [self._task_for(k) for k in self.clients]
 
-    def _adaptive_reuse(
+    def _reuse(
         self, drawn: IndexArray, t: int, server_view: Callable[[IndexArray], LabelArray] | None
     ) -> BoolArray | None:
+        # None: the paper's rule (is_fresh with D) inside plan_requests
         cfg, cache = self.config, self.cache
-        if cfg.cache_policy != "adaptive" or cache is None:
+        if cache is None or cfg.cache_policy == "fixed":
             return None
         written = cache.written[drawn]
+        if cfg.cache_policy == "sliding":
+            return window_reuse(written, t, sliding_max_age(cfg))
+        return adaptive_reuse(
+            written,
+            t,
+            cfg.cache_duration,
+            cfg.effective_max_cache_duration,
+            self._drift(drawn, written, server_view),
+            cfg.drift_threshold,
+        )
+
+    def _drift(
+        self,
+        drawn: IndexArray,
+        written: IndexArray,
+        server_view: Callable[[IndexArray], LabelArray] | None,
+    ) -> LabelArray:
+        """Total variation between each drawn cached label and the server's sharpened view.
+
+        1 (the most) for an empty entry, and for every entry without a server view.
+        """
+        cfg, cache = self.config, self.cache
+        assert cache is not None
         drift = np.ones(drawn.size, dtype=np.float32)
         present = written != NEVER
         if server_view is not None and bool(present.any()):
@@ -189,17 +256,18 @@ class AggregatorCore:
                 temperature=cfg.temperature,
                 beta=cfg.beta,
             )
-            # total variation distance between the cached label and today's view
             cached = torch.from_numpy(cache.labels[drawn[present]])
             drift[present] = (0.5 * (cached - view).abs().sum(dim=1)).numpy()
-        return adaptive_reuse(
-            written,
-            t,
-            cfg.cache_duration,
-            cfg.effective_max_cache_duration,
-            drift,
-            cfg.drift_threshold,
-        )
+        return drift
+
+    def _max_age(self) -> int | None:
+        """The commit's reuse bound: None for the paper's rule (expire, do not refresh)."""
+        cfg = self.config
+        if cfg.cache_policy == "adaptive":
+            return cfg.effective_max_cache_duration
+        if cfg.cache_policy == "sliding":
+            return sliding_max_age(cfg)
+        return None
 
     def _task_for(self, client_id: int) -> TrainTask:
         assert self.plan is not None
@@ -267,8 +335,7 @@ class AggregatorCore:
         t, cfg, plan = self.round, self.config, self.plan
         fresh = self._aggregate(plan)
         if self.cache is not None:
-            max_age = cfg.effective_max_cache_duration if cfg.cache_policy == "adaptive" else None
-            commit = self.cache.commit(plan, fresh, t, cfg.cache_duration, max_age=max_age)
+            commit = self.cache.commit(plan, fresh, t, cfg.cache_duration, max_age=self._max_age())
             self.last_commit = commit
             self.downlink_targets = DistillTargets(
                 t, commit.indices, commit.signals, commit.fresh_labels

@@ -14,7 +14,11 @@ from services.worker.__main__ import main as worker_main
 Main = Callable[[Sequence[str] | None], int]
 
 COMMANDS: list[tuple[str, Main, list[str]]] = [
-    ("scarlet", scarlet_main, ["simulate", "up", "provision", "down", "report", "check-config"]),
+    (
+        "scarlet",
+        scarlet_main,
+        ["simulate", "compare", "up", "provision", "down", "report", "check-config"],
+    ),
     ("scarlet-aggregator", aggregator_main, ["run", "declare-topology", "check-config"]),
     ("scarlet-worker", worker_main, ["run", "check-config"]),
     ("scarlet-cache", cache_main, ["run", "check-config"]),

@@ -59,9 +59,15 @@ def _assert_same_federation(fed, expected: EmbeddedFederation) -> None:
             assert getattr(g, key) == getattr(w, key), (g.round, key)
 
 
-def test_pinned_workers_over_rabbitmq_and_redis_match_the_embedded_run(data):
+# the sliding cache's window draw and refresh-in-place commits, over the real services
+SLIDING = {"cache_policy": "sliding", "refresh_share": 0.4, "cache_duration": 2}
+POLICIES = [pytest.param({}, id="fixed"), pytest.param(SLIDING, id="sliding")]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_pinned_workers_over_rabbitmq_and_redis_match_the_embedded_run(data, policy):
     # Given one federation run in-process and the same one as services
-    config = FederationConfig(run_id=new_run_id(), **BASE)
+    config = FederationConfig(run_id=new_run_id(), **{**BASE, **policy})
     expected = _embedded(config, data)
     with federation(config, data) as fed:
         fed.start_cache_service()
@@ -79,8 +85,9 @@ def test_pinned_workers_over_rabbitmq_and_redis_match_the_embedded_run(data):
         )
 
 
-def test_a_pool_of_two_workers_serving_three_clients_matches_the_embedded_run(data):
-    config = FederationConfig(run_id=new_run_id(), **BASE)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_pool_of_two_workers_serving_three_clients_matches_the_embedded_run(data, policy):
+    config = FederationConfig(run_id=new_run_id(), **{**BASE, **policy})
     expected = _embedded(config, data)
     with federation(config, data) as fed:
         fed.settings = fed.settings.model_copy(update={"worker_mode": "pool"})

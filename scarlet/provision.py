@@ -3,9 +3,12 @@
 The plan (who gets what) is pure and lives in :mod:`shared.security.roles`; this module
 carries it out on the local servers, or prints it for an operator:
 
-- RabbitMQ: one user per role with a random password (``rabbitmqctl add_user``, the
-  password on standard input so it never shows in a process list), least-privilege
-  ``set_permissions`` on the vhost of the admin broker URL, tags only for monitoring;
+- RabbitMQ: one user per role with a random password and least-privilege permissions on
+  the vhost of the admin broker URL (tags only for monitoring), all of them in one
+  ``rabbitmqctl import_definitions`` call (:func:`broker_definitions`): the definitions
+  document goes on standard input and holds each password only as RabbitMQ's salted
+  SHA-256 hash (:func:`password_hash`), so no password is in a process list, a file or
+  the document;
 - Redis: ``ACL SETUSER`` for the aggregator and the cache service (the run's keys) and,
   in pool mode with a ``redis://`` client-state store, the pool (client keys only, no
   SCAN/KEYS/RANDOMKEY); pinned clients get no Redis user at all;
@@ -16,14 +19,21 @@ carries it out on the local servers, or prints it for an operator:
   nothing but their reply queues, can start in any order.
 
 ``scarlet provision --delete RUN`` removes the users again (``scarlet up`` does it when
-the run stops). Users are named ``<run>-<role>`` (``Identities.for_run``), so two runs
-on one broker never share a user.
+the run stops), in one ``rabbitmqctl eval`` (:func:`delete_users`). Users are named
+``<run>-<role>`` (``Identities.for_run``), so two runs on one broker never share a user.
+
+Each ``rabbitmqctl`` call boots an Erlang VM (about 0.6 s), which is why creation and
+deletion are one call each whatever the number of users (DECISIONS 32).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import logging
 import os
+import re
 import secrets
 import shlex
 import subprocess
@@ -41,11 +51,23 @@ from shared.transport import open_transport
 from shared.transport.base import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
 from shared.transport.topology import declare_topology
 
-__all__ = ["Provisioned", "broker_users", "delete_users", "provision", "role_settings"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Provisioned",
+    "broker_definitions",
+    "broker_users",
+    "delete_users",
+    "password_hash",
+    "provision",
+    "role_settings",
+]
 
 _PASSWORD_BYTES = 24
 _MANIFEST = "users.json"  # names only, never a password: what --delete removes
-_PARALLEL = 4  # rabbitmqctl boots an Erlang VM (~0.6 s): run a few at once
+_HASHING = "rabbit_password_hashing_sha256"
+_SALT_BYTES = 4  # RabbitMQ's own salt length
+_DELETE_PARALLEL = 4  # the fallback's rabbitmqctl processes at once (8: no faster on 2 cores)
 
 
 @dataclass
@@ -55,8 +77,9 @@ class Provisioned:
     Attributes:
         grants: the plan it carried out.
         files: role name (``aggregator``, ``client-0``, ...) -> its configuration file.
-        commands: the operator commands (``--print``), passwords included; empty when
-            they were run.
+        commands: the operator commands (``--print``): the broker's import (password
+            hashes only) and the Redis ones (passwords included); empty when they were
+            run.
         identities: the users, for ``ServiceSettings``.
     """
 
@@ -118,36 +141,23 @@ def provision(
     ids = Identities.for_run(run)
     grants = plan(run, config.clients, mode, ids, dead_letter_exchange, dead_letter_queue)
     passwords = {g.name: secrets.token_urlsafe(_PASSWORD_BYTES) for g in grants}
-    vhost = _vhost(settings.broker_url)
     result = Provisioned(grants, identities=ids)
-    broker_cmds: list[tuple[list[str], str | None]] = []
-    for g in grants:
-        ctl = list(rabbitmqctl)
-        broker_cmds.append(([*ctl, "add_user", g.user], passwords[g.name]))
-        if g.broker_tags:
-            broker_cmds.append(([*ctl, "set_user_tags", g.user, g.broker_tags], None))
-        perms = g.broker
-        broker_cmds.append(
-            (
-                [*ctl, "set_permissions", "-p", vhost, g.user]
-                + [perms.configure, perms.write, perms.read],
-                None,
-            )
-        )
+    import_argv = [*rabbitmqctl, "import_definitions", "--format", "json"]
+    definitions = json.dumps(
+        broker_definitions(grants, passwords, _vhost(settings.broker_url)), indent=2
+    )
     redis_cmds = [
         ["ACL", "SETUSER", g.user, "reset", f">{passwords[g.name]}", *g.redis]
         for g in grants
         if g.redis is not None and _holds_redis(g, settings)
     ]
     if apply:
-        _run_broker(broker_cmds, runner, rabbitmqctl)
+        # one VM boot for every user and permission; an existing user is overwritten
+        runner(import_argv, definitions)
         _run_redis(settings.redis_url, redis_cmds)
     else:
-        for argv, stdin in broker_cmds:
-            line = shlex.join(argv)
-            if stdin is not None:  # printf is a shell builtin: no password in a process list
-                line = f"printf '%s' {shlex.quote(stdin)} | {line}"
-            result.commands.append(line)
+        # a quoted here-document: the shell expands nothing in the regexes
+        result.commands.append(f"{shlex.join(import_argv)} <<'EOF'\n{definitions}\nEOF")
         result.commands += [f"redis-cli {shlex.join(cmd)}" for cmd in redis_cmds]
     _private_dir(out)
     for g in grants:
@@ -171,6 +181,54 @@ def provision(
         finally:
             transport.close()
     return result
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256`` form of ``password``.
+
+    ``base64(salt + sha256(salt + utf-8 password))`` with a 4-byte random salt (or
+    ``salt``), what ``rabbitmqctl add_user`` stores; the ``password_hash`` of a user in a
+    definitions document.
+    """
+    salt = secrets.token_bytes(_SALT_BYTES) if salt is None else salt
+    digest = hashlib.sha256(salt + password.encode("utf-8")).digest()
+    return base64.b64encode(salt + digest).decode("ascii")
+
+
+def broker_definitions(
+    grants: Sequence[RoleGrant], passwords: dict[str, str], vhost: str
+) -> dict[str, object]:
+    """The RabbitMQ definitions document that creates ``grants``' users on ``vhost``.
+
+    Args:
+        grants: the plan (:func:`shared.security.roles.plan`).
+        passwords: role name (``RoleGrant.name``) -> password; only its hash is kept.
+        vhost: the virtual host of the permissions.
+
+    Returns:
+        ``users`` (name, salted hash, hashing algorithm, tags) and ``permissions``
+        (configure, write, read regexes), for ``rabbitmqctl import_definitions``.
+    """
+    users = [
+        {
+            "name": g.user,
+            "password_hash": password_hash(passwords[g.name]),
+            "hashing_algorithm": _HASHING,
+            "tags": [t for t in g.broker_tags.split(",") if t],
+        }
+        for g in grants
+    ]
+    permissions = [
+        {
+            "user": g.user,
+            "vhost": vhost,
+            "configure": g.broker.configure,
+            "write": g.broker.write,
+            "read": g.broker.read,
+        }
+        for g in grants
+    ]
+    return {"users": users, "permissions": permissions}
 
 
 def role_settings(
@@ -218,13 +276,24 @@ def delete_users(
     rabbitmqctl: Sequence[str] = ("rabbitmqctl",),
     runner: Runner = run_command,
 ) -> list[str]:
-    """Delete the broker and Redis users of ``run_id`` (``<run>-*``); returns their names.
+    """Delete the broker and Redis users of ``run_id`` (``<run>-<role>``); returns their names.
+
+    The broker's go in one ``rabbitmqctl eval`` (one VM boot instead of one per user plus
+    the listing; the admin who may run ``rabbitmqctl`` may run ``eval``): it lists the
+    internal users, deletes those named ``<run>-<role>`` and prints their names. Should
+    that fail (a broker whose internal functions differ), ``list_users`` and one
+    ``delete_user`` per user do the same. Redis users are deleted over the admin URL.
 
     Raises:
-        ConfigError: the user list could not be read.
+        ConfigError: the user list could not be read, or a user could not be deleted.
     """
-    names = broker_users(run_id, rabbitmqctl)
-    _run_broker([([*rabbitmqctl, "delete_user", n], None) for n in names], runner, rabbitmqctl)
+    try:
+        names = _delete_in_one_call(run_id, rabbitmqctl)
+    except ConfigError as e:
+        # a broker whose internals differ: the documented commands, one VM per user
+        logger.warning("provision: one-call delete failed (%s); deleting user by user", e)
+        names = broker_users(run_id, rabbitmqctl)
+        _delete_broker_users(names, runner, rabbitmqctl)
     prefix = f"{run_id}-"
     try:
         import redis
@@ -259,44 +328,56 @@ def broker_users(run_id: str, rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> 
     Raises:
         ConfigError: ``rabbitmqctl list_users`` failed.
     """
-    try:
-        done = subprocess.run(
-            [*rabbitmqctl, "list_users", "--silent"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError) as e:
-        raise ConfigError(f"provision: cannot list the broker users: {e}") from None
+    out = _output([*rabbitmqctl, "list_users", "--silent"], "list the broker users")
     prefix = f"{run_id}-"
-    users = [line.split("\t", 1)[0] for line in done.stdout.splitlines() if line.strip()]
+    users = [line.split("\t", 1)[0] for line in out.splitlines() if line.strip()]
     return [u for u in users if u.startswith(prefix) and _is_role_user(u, prefix)]
 
 
-def _run_broker(
-    cmds: list[tuple[list[str], str | None]], runner: Runner, rabbitmqctl: Sequence[str]
-) -> None:
-    # each user's commands in order (add before set_permissions), users in parallel
-    per_user: dict[str, list[tuple[list[str], str | None]]] = {}
-    for argv, stdin in cmds:
-        user = (
-            argv[len(rabbitmqctl) + 1] if argv[len(rabbitmqctl)] != "set_permissions" else argv[-4]
-        )
-        per_user.setdefault(user, []).append((argv, stdin))
+def _output(argv: list[str], what: str) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    except subprocess.CalledProcessError as e:
+        detail = (e.stderr or e.stdout or "").strip()
+        raise ConfigError(f"provision: cannot {what}: {detail or e}") from None
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ConfigError(f"provision: cannot {what}: {e}") from None
+    return done.stdout
 
-    def run_all(steps: list[tuple[list[str], str | None]]) -> None:
-        for argv, stdin in steps:
-            try:
-                runner(argv, stdin)
-            except ScarletError as e:
-                if argv[len(rabbitmqctl)] != "add_user" or "already" not in str(e):
-                    raise
-                # provisioned before: give it a new password
-                runner([*rabbitmqctl, "change_password", argv[-1]], stdin)
 
-    with ThreadPoolExecutor(_PARALLEL) as pool:
-        for future in [pool.submit(run_all, steps) for steps in per_user.values()]:
+def _delete_in_one_call(run_id: str, rabbitmqctl: Sequence[str]) -> list[str]:
+    # the user-name pattern of _is_role_user, as the bytes of an Erlang binary: no quoting
+    # of the run id into Erlang source (the pattern is data, whatever the run id holds)
+    roles = "|".join(re.escape(r.value) for r in Role if r is not Role.CLIENT)
+    pattern = f"^{re.escape(run_id)}-(?:{roles}|client-[0-9]+)\\z".encode()
+    code = (
+        f"Re = <<{','.join(str(b) for b in pattern)}>>, "
+        "Gone = [N || U <- rabbit_auth_backend_internal:all_users(), "
+        "N <- [internal_user:get_username(U)], re:run(N, Re) =/= nomatch], "
+        # a user that cannot be deleted fails the call (and the fallback runs): none is
+        # left behind unreported
+        '[ok = rabbit_auth_backend_internal:delete_user(N, <<"scarlet-provision">>) '
+        "|| N <- Gone], "
+        '[io:format("~s~n", [N]) || N <- Gone], ok.'
+    )
+    out = _output([*rabbitmqctl, "eval", code], "delete the broker users")
+    prefix = f"{run_id}-"
+    return [n for n in out.splitlines() if n.startswith(prefix) and _is_role_user(n, prefix)]
+
+
+def _delete_broker_users(names: list[str], runner: Runner, rabbitmqctl: Sequence[str]) -> None:
+    # one VM per user, a few at once: the boots overlap
+    def delete(name: str) -> None:
+        try:
+            runner([*rabbitmqctl, "delete_user", name], None)
+        except ScarletError as e:
+            if "no_such_user" not in str(e) and "does not exist" not in str(e):
+                raise  # gone already (another --delete) is what was asked
+
+    if not names:
+        return
+    with ThreadPoolExecutor(min(len(names), _DELETE_PARALLEL)) as pool:
+        for future in [pool.submit(delete, n) for n in names]:
             future.result()
 
 

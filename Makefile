@@ -8,9 +8,10 @@ ARGS ?=
 install:
 	@bash scripts/install.sh
 
-## Install everything, then run the default federation (SCARLET on Fashion-MNIST).
+## Install everything, then compare SCARLET (sliding cache) with DS-FL, both with the
+## default codec, on Fashion-MNIST (deploy/examples/first-run.toml; about 3 minutes).
 run: install
-	$(VENV)/bin/scarlet simulate $(ARGS)
+	$(VENV)/bin/scarlet compare --config deploy/examples/first-run.toml $(ARGS)
 
 ## Everything a user must trust: lint, unit, contract, integration and system tests.
 test: install services lint

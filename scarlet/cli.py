@@ -88,7 +88,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--print",
         dest="print_only",
         action="store_true",
-        help="only print the rabbitmqctl and redis-cli commands (passwords included)",
+        help="only print the rabbitmqctl and redis-cli commands (broker password hashes, Redis "
+        "passwords)",
     )
     prov.add_argument("--delete", metavar="RUN", help="delete the users of run RUN and exit")
     add_model_flags(prov, FederationConfig)
@@ -97,7 +98,8 @@ def make_parser() -> argparse.ArgumentParser:
     report = sub.add_parser(
         "report",
         help="plot results files (PNG)",
-        description="Write accuracy_vs_bytes.png and bytes_per_round.png for the runs given.",
+        description="Write accuracy_vs_bytes.png, bytes_per_round.png and accuracy_vs_rounds.png "
+        "for the runs given.",
     )
     report.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="results files")
     report.add_argument("--out", type=Path, default=Path("runs/report"), help="folder for PNGs")

@@ -118,7 +118,7 @@ def compare(
         )
         written.append(results.write(out / f"{cfg.run_id}.json"))
         runs.append((name, results))
-    written += write_report(written[:2], out)
+    written += write_report(written[:2], out)  # accuracy vs bytes, bytes, vs rounds
     return runs, written
 
 

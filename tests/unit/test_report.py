@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from scarlet.cli import main
-from scarlet.report import ACCURACY_FILE, BYTES_FILE, byte_unit, load_run, run_label
+from scarlet.report import (
+    ACCURACY_FILE,
+    BYTES_FILE,
+    ROUNDS_FILE,
+    byte_unit,
+    load_run,
+    run_label,
+)
 from shared.errors import DataError
 
 SMALL = dict(
@@ -52,11 +59,11 @@ def _png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def test_scarlet_report_writes_two_readable_pngs_of_the_runs(results_files, tmp_path, capsys):
+def test_scarlet_report_writes_three_readable_pngs_of_the_runs(results_files, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", *map(str, results_files), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    for name in (ACCURACY_FILE, BYTES_FILE):
+    for name in (ACCURACY_FILE, BYTES_FILE, ROUNDS_FILE):
         path = out / name
         assert str(path) in printed
         assert 10_000 < path.stat().st_size < 2_000_000, f"{name}: {path.stat().st_size} B"
@@ -68,7 +75,7 @@ def test_the_same_labels_get_the_file_name(results_files, tmp_path):
 
     same = [results_files[0], results_files[0]]
     paths = write_report(same, tmp_path, width_px=800, height_px=500)
-    assert [p.name for p in paths] == [ACCURACY_FILE, BYTES_FILE]
+    assert [p.name for p in paths] == [ACCURACY_FILE, BYTES_FILE, ROUNDS_FILE]
     assert all(_png_size(p) == (800, 500) for p in paths)
 
 

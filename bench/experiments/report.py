@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.experiments.grid import BASELINE_METHODS, METHODS, alpha_label
-from bench.experiments.targets import acceptance, format_acceptance, format_targets, mean_curves
+from bench.experiments.targets import (
+    acceptance,
+    format_acceptance,
+    format_targets,
+    mean_curve,
+    mean_curves,
+)
 from shared.results import RoundRecord
 
 __all__ = [
@@ -323,11 +329,6 @@ def write_report(folder: str | Path) -> Path:
     return out
 
 
-def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
-    n = min(len(c) for c in curves)
-    return [statistics.fmean(c[i] for c in curves) for i in range(n)]
-
-
 def plot_alpha(runs: Sequence[LoadedRun], folder: Path, alpha: float) -> Path:
     """Server accuracy vs round, vs cumulative paper bytes and vs wire bytes (one PNG).
 
@@ -349,7 +350,7 @@ def plot_alpha(runs: Sequence[LoadedRun], folder: Path, alpha: float) -> Path:
     for method in sorted(by_method, key=_method_order):
         group = by_method[method]
         color = cmap(_method_order(method) % 10)
-        acc = [100 * a for a in _mean_curve([[r.server_accuracy for r in g.rounds] for g in group])]
+        acc = [100 * a for a in mean_curve([[r.server_accuracy for r in g.rounds] for g in group])]
         rounds = list(range(1, len(acc) + 1))
         label = f"{method} (n={len(group)})"
         if method in BASELINE_METHODS:
@@ -360,7 +361,7 @@ def plot_alpha(runs: Sequence[LoadedRun], folder: Path, alpha: float) -> Path:
             continue
         axes[0].plot(rounds, acc, "-", color=color, label=label, lw=1.8)
         for ax, kind in zip(axes[1:], ("paper", "wire"), strict=True):
-            cum = _mean_curve([g.cumulative(kind) for g in group])
+            cum = mean_curve([g.cumulative(kind) for g in group])
             n = min(len(cum), len(acc))
             ax.plot([b / 2**20 for b in cum[:n]], acc[:n], "-", color=color, label=label, lw=1.8)
             ax.plot(cum[n - 1] / 2**20, acc[n - 1], "o", color=color, ms=5)

@@ -22,21 +22,23 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bench.experiments.grid import BASELINE_METHODS, METHODS, alpha_label
+from scarlet.compare import TARGETS
 from shared.results import RoundRecord
 
 __all__ = [
     "ACCEPTANCE_METHOD",
     "TARGETS",
-    "Crossing",
+    "CurveCrossing",
     "GridRun",
     "Verdict",
     "acceptance",
     "crossings",
     "format_acceptance",
     "format_targets",
+    "mean_curve",
+    "mean_curves",
 ]
 
-TARGETS: tuple[float, ...] = (0.90, 0.95, 0.99)
 ACCEPTANCE_METHOD = "scarlet+sliding"
 REFERENCE, CODEC_REFERENCE = "dsfl", "dsfl+codec"
 ACCEPTANCE_SHARE, BYTES_GOAL, ACCURACY_SLACK = 0.95, 0.5, 0.005
@@ -73,7 +75,7 @@ class Curves:
 
 
 @dataclass(frozen=True)
-class Crossing:
+class CurveCrossing:
     """Where one method's mean curve first reaches one target (``round`` None: never)."""
 
     method: str
@@ -92,19 +94,20 @@ def mean_curves(runs: Sequence[GridRun]) -> dict[str, Curves]:
             by_method[run.method].append(run)
     out = {}
     for method, group in by_method.items():
-        acc = _mean([[r.server_accuracy for r in g.rounds] for g in group])
-        wire = _mean([g.cumulative("wire") for g in group])
-        paper = _mean([g.cumulative("paper") for g in group])
+        acc = mean_curve([[r.server_accuracy for r in g.rounds] for g in group])
+        wire = mean_curve([g.cumulative("wire") for g in group])
+        paper = mean_curve([g.cumulative("paper") for g in group])
         out[method] = Curves(acc, wire, paper, len(group))
     return out
 
 
-def _mean(curves: Sequence[Sequence[float]]) -> list[float]:
+def mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
+    """The mean over curves, round by round, cut to the shortest."""
     n = min(len(c) for c in curves)
     return [statistics.fmean(c[i] for c in curves) for i in range(n)]
 
 
-def crossings(curves: dict[str, Curves], shares: Sequence[float] = TARGETS) -> list[Crossing]:
+def crossings(curves: dict[str, Curves], shares: Sequence[float] = TARGETS) -> list[CurveCrossing]:
     """Every method's first crossing of every target (empty without a ``dsfl`` row)."""
     if REFERENCE not in curves:
         return []
@@ -115,7 +118,8 @@ def crossings(curves: dict[str, Curves], shares: Sequence[float] = TARGETS) -> l
             c = curves[method]
             i = next((i for i, a in enumerate(c.accuracy) if a >= target), None)
             wire, paper = (math.nan, math.nan) if i is None else (c.wire[i], c.paper[i])
-            out.append(Crossing(method, share, target, None if i is None else i + 1, wire, paper))
+            hit = None if i is None else i + 1
+            out.append(CurveCrossing(method, share, target, hit, wire, paper))
     return out
 
 

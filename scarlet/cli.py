@@ -181,11 +181,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _simulate(config: FederationConfig, out: Path, *, progress: bool) -> int:
     # imported here so that `scarlet check-config` answers without loading torch
     from scarlet.simulate import EmbeddedFederation, prepare_data
+    from shared.data.summary import describe_split
 
     logger.info("simulate: effective config %s", config.model_dump())
     start = time.perf_counter()
-    print(f"scarlet: loading {config.dataset} and splitting it over {config.clients} clients")
+    source = f" (public set: {config.public_source})" if config.cross_dataset else ""
+    print(
+        f"scarlet: loading {config.dataset}{source} and splitting it over {config.clients} clients"
+    )
     data = prepare_data(config)
+    for line in describe_split(config, data):
+        print(f"scarlet: {line}")
     federation = EmbeddedFederation(config, data)
     print(
         f"scarlet: {config.algorithm} on {config.dataset}: {config.clients} clients, "

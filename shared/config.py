@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.data.catalog import DATASET_SPLITS, DATASETS
+from shared.data.catalog import DATASET_SHAPES, DATASET_SPLITS, DATASETS
 from shared.protocol.softlabels import CodecSpec
 
 __all__ = ["FederationConfig", "ServiceSettings"]
@@ -35,6 +35,12 @@ class FederationConfig(BaseModel):
     )
     dataset: str = Field(
         "fashion-mnist", description="fashion-mnist, mnist-5k, digits, cifar10, cifar100"
+    )
+    public_dataset: str | None = Field(
+        None,
+        description="data set the public set is drawn from (default: dataset, disjoint "
+        "from the private shards); another one must have the same image shape, e.g. "
+        "mnist-5k for fashion-mnist",
     )
     data_root: str | None = Field(None, description="folder with torchvision data sets")
     model: str = Field("cnn", description="client model: cnn, resnet20, mlp")
@@ -121,12 +127,25 @@ class FederationConfig(BaseModel):
                 f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
             )
         train, test = splits
-        wanted = self.public_size + self.clients * self.samples_per_client
-        if wanted > train:
+        private = self.clients * self.samples_per_client
+        if self.cross_dataset:
+            public_train = self._check_public_dataset()
+            if self.public_size > public_train:
+                raise ValueError(
+                    f"public_size ({self.public_size}) exceeds the {public_train} training "
+                    f"images of public_dataset {self.public_dataset}"
+                )
+            if private > train:
+                raise ValueError(
+                    f"clients x samples_per_client ({self.clients} x "
+                    f"{self.samples_per_client}) = {private} exceeds the {train} training "
+                    f"images of {self.dataset}"
+                )
+        elif self.public_size + private > train:
             raise ValueError(
                 f"public_size ({self.public_size}) + clients x samples_per_client "
-                f"({self.clients} x {self.samples_per_client}) = {wanted} exceeds the "
-                f"{train} training images of {self.dataset}"
+                f"({self.clients} x {self.samples_per_client}) = {self.public_size + private} "
+                f"exceeds the {train} training images of {self.dataset}"
             )
         if self.test_per_client > test:
             raise ValueError(
@@ -134,6 +153,22 @@ class FederationConfig(BaseModel):
                 f"of {self.dataset}"
             )
         return self
+
+    def _check_public_dataset(self) -> int:
+        """The public data set's train size, once it is known and fits the private task."""
+        name = self.public_dataset
+        splits = DATASET_SPLITS.get(name or "")
+        if name is None or splits is None:
+            raise ValueError(
+                f"unknown public_dataset {name!r}; choose one of {', '.join(DATASETS)}"
+            )
+        if DATASET_SHAPES[name] != DATASET_SHAPES[self.dataset]:
+            raise ValueError(
+                f"public_dataset {name} has images of shape {DATASET_SHAPES[name]}, the "
+                f"private {self.dataset} {DATASET_SHAPES[self.dataset]}: the models take "
+                "one shape (choose a public set of the same size and channels)"
+            )
+        return splits[0]
 
     @model_validator(mode="after")
     def _check_cache(self) -> FederationConfig:
@@ -159,6 +194,16 @@ class FederationConfig(BaseModel):
                 f"cache_duration) or at least cache_duration ({self.cache_duration})"
             )
         return self
+
+    @property
+    def public_source(self) -> str:
+        """The data set the public set is drawn from."""
+        return self.public_dataset or self.dataset
+
+    @property
+    def cross_dataset(self) -> bool:
+        """True when the public set comes from another data set than the private task."""
+        return self.public_source != self.dataset
 
     @property
     def uses_cache(self) -> bool:

@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 ENV_PREFIX = "SCARLET_"
+TABLES = ("service",)  # the TOML tables some loader reads (section=...)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -85,6 +86,13 @@ def _read_toml(path: Path, section: str | None) -> dict[str, object]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     if section is None:
+        # a table the loaders do not read would be ignored silently: refuse it instead
+        stray = sorted(k for k, v in doc.items() if isinstance(v, dict) and k not in TABLES)
+        if stray:
+            raise ConfigError(
+                f"config file {path}: unknown table(s) {['[' + k + ']' for k in stray]}; "
+                "federation keys go at the top level, service keys under [service]"
+            )
         return {k: v for k, v in doc.items() if not isinstance(v, dict)}
     table = doc.get(section, {})
     if not isinstance(table, dict):

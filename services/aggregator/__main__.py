@@ -18,6 +18,7 @@ from pathlib import Path
 from services.aggregator.coordinator import RoundCoordinator
 from shared import cli
 from shared.config import FederationConfig, ServiceSettings
+from shared.data.summary import describe_split
 from shared.results import RoundRecord, RunResults, format_round_line
 from shared.rounds.setup import apply_threads, prepare_server_data
 from shared.security.roles import sender_identities
@@ -64,6 +65,8 @@ def _serve(args: argparse.Namespace, config: FederationConfig, settings: Service
 def _run(config: FederationConfig, settings: ServiceSettings, out: Path | None) -> None:
     apply_threads(config)
     data = prepare_server_data(config)  # the public set and the test split only
+    for line in describe_split(config, data):
+        logger.info("data: %s", line)
     name = f"scarlet-aggregator/{config.run_id}"
     with cli.serving(settings, name, settings.ingest_prefetch) as serving:
         store = open_federation_store(

@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-__all__ = ["DATASETS", "DATASET_CLASSES", "DATASET_SPLITS", "dataset_classes"]
+__all__ = [
+    "DATASETS",
+    "DATASET_CLASSES",
+    "DATASET_SHAPES",
+    "DATASET_SPLITS",
+    "dataset_classes",
+]
 
 DATASET_CLASSES: Mapping[str, int] = MappingProxyType(
     {
@@ -34,6 +40,18 @@ DATASET_SPLITS: Mapping[str, tuple[int, int]] = MappingProxyType(
 )
 """Data set name → (train, test) split sizes as :func:`shared.data.load_dataset` returns
 them; the configuration checks a federation fits before anything is loaded."""
+
+DATASET_SHAPES: Mapping[str, tuple[int, int, int]] = MappingProxyType(
+    {
+        "fashion-mnist": (1, 28, 28),
+        "mnist-5k": (1, 28, 28),
+        "digits": (1, 8, 8),
+        "cifar10": (3, 32, 32),
+        "cifar100": (3, 32, 32),
+    }
+)
+"""Data set name → (channels, H, W) of its images; a public set from another data set
+must have the private task's shape (the model's input)."""
 
 DATASETS: tuple[str, ...] = tuple(DATASET_CLASSES)
 """The names :func:`shared.data.load_dataset` accepts, in the table's order."""

@@ -175,13 +175,16 @@ def split_federation(
     public_size: int,
     test_per_client: int,
     seed: int,
+    public_source: LabelledSplit | None = None,
 ) -> FederatedData:
     """Draw the public pool, the private shards and the per-client test shards.
 
     The public pool P is drawn first, uniformly from the train split; the private shards
     come from the rest (:func:`dirichlet_partition`), so P and private data never share
-    an example. Each client's test shard is drawn from the test split, without
-    replacement, with that client's class prior.
+    an example. With ``public_source`` (another data set's train split) P is drawn from
+    it instead and the private shards from the whole train split. Each client's test
+    shard is drawn from the test split, without replacement, with that client's class
+    prior.
 
     Args:
         train: the train split; public and private data both come from it.
@@ -193,6 +196,7 @@ def split_federation(
         public_size: |P|.
         test_per_client: examples per client test shard.
         seed: the split's seed; the result depends on nothing else.
+        public_source: where P comes from when it is not ``train`` (same image shape).
 
     Returns:
         The split; its shards (``clients``, ``client_tests``) are :class:`Shards`, made
@@ -207,17 +211,21 @@ def split_federation(
     """
     if public_size < 0 or test_per_client < 0:
         raise ValueError(f"sizes must be >= 0, got {public_size=} {test_per_client=}")
-    if public_size + num_clients * samples_per_client > len(train):
+    shared_pool = public_source is None
+    if public_size * shared_pool + num_clients * samples_per_client > len(train):
         raise DataError(
-            f"{train.name}: {public_size} public + {num_clients} x {samples_per_client} private "
-            f"examples requested, the train split has {len(train)}"
+            f"{train.name}: {public_size * shared_pool} public + {num_clients} x "
+            f"{samples_per_client} private examples requested, the train split has {len(train)}"
         )
     if test_per_client > len(test):
         raise DataError(
             f"{test.name}: {test_per_client} test examples per client, test has {len(test)}"
         )
     generator = torch.Generator().manual_seed(seed)
-    public_indices, rest = _draw_public(len(train), public_size, generator)
+    public_set = _public_set(train, public_source, public_size)
+    public_indices, rest = _draw_public(len(public_set), public_size, generator)
+    if not shared_pool:
+        rest = torch.arange(len(train))  # another data set's pool takes nothing from train
     priors = _draw_priors(num_clients, train.num_classes, alpha, generator)
     shards = _fill_quotas(train.labels[rest], priors, samples_per_client, generator)
     client_indices = list(rest[shards])  # (K, n) positions: K views of one tensor
@@ -225,7 +233,7 @@ def split_federation(
     test_indices = [
         _fill_quotas(test.labels, prior[None], test_per_client, generator)[0] for prior in priors
     ]
-    public = train.subset(public_indices)
+    public = public_set.subset(public_indices)
     return FederatedData(
         public=public.images,
         public_labels=public.labels,
@@ -241,14 +249,20 @@ def split_federation(
 
 
 def split_public_and_test(
-    train: LabelledSplit, test: LabelledSplit, *, public_size: int, seed: int
+    train: LabelledSplit,
+    test: LabelledSplit,
+    *,
+    public_size: int,
+    seed: int,
+    public_source: LabelledSplit | None = None,
 ) -> FederatedData:
     """The public pool and the test split of :func:`split_federation`, and nothing else.
 
     The same draw from the same seed: ``public`` and ``test`` equal those of
-    ``split_federation(train, test, ..., public_size=public_size, seed=seed)`` for any
-    clients' settings, bit for bit. No private or test shard is drawn (``clients``,
-    ``client_tests``, ``client_indices`` and ``class_priors`` are empty).
+    ``split_federation(train, test, ..., public_size=public_size, seed=seed,
+    public_source=public_source)`` for any clients' settings, bit for bit. No private
+    or test shard is drawn (``clients``, ``client_tests``, ``client_indices`` and
+    ``class_priors`` are empty).
 
     Raises:
         DataError: when the train split is smaller than ``public_size``.
@@ -256,14 +270,10 @@ def split_public_and_test(
     """
     if public_size < 0:
         raise ValueError(f"sizes must be >= 0, got {public_size=}")
-    if public_size > len(train):
-        raise DataError(
-            f"{train.name}: {public_size} public examples requested, the train split has "
-            f"{len(train)}"
-        )
+    public_set = _public_set(train, public_source, public_size)
     generator = torch.Generator().manual_seed(seed)
-    public_indices, _ = _draw_public(len(train), public_size, generator)
-    public = train.subset(public_indices)
+    public_indices, _ = _draw_public(len(public_set), public_size, generator)
+    public = public_set.subset(public_indices)
     return FederatedData(
         public=public.images,
         public_labels=public.labels,
@@ -274,6 +284,24 @@ def split_public_and_test(
         input_shape=train.input_shape,
         public_indices=public_indices,
     )
+
+
+def _public_set(
+    train: LabelledSplit, public_source: LabelledSplit | None, public_size: int
+) -> LabelledSplit:
+    """The split P is drawn from, once it is checked to hold P and to fit the task."""
+    source = train if public_source is None else public_source
+    if public_size > len(source):
+        raise DataError(
+            f"{source.name}: {public_size} public examples requested, the train split has "
+            f"{len(source)}"
+        )
+    if source.input_shape != train.input_shape:
+        raise DataError(
+            f"public set {source.name} has images of shape {source.input_shape}, the private "
+            f"task {train.name} {train.input_shape}"
+        )
+    return source
 
 
 def _draw_public(

@@ -31,10 +31,16 @@ def apply_threads(config: FederationConfig) -> None:
 def prepare_data(config: FederationConfig) -> FederatedData:
     """Load the configured data set and split it into public, private and test parts.
 
+    The public part comes from ``config.public_source`` (another data set's train split
+    when ``public_dataset`` names one).
+
     Raises:
         DataError: the data set is missing or too small for the requested split.
     """
     train, test = read_dataset(config.dataset, config.data_root)
+    public = None
+    if config.cross_dataset:
+        public, _ = read_dataset(config.public_source, config.data_root)
     return split_federation(
         train,
         test,
@@ -44,6 +50,7 @@ def prepare_data(config: FederationConfig) -> FederatedData:
         public_size=config.public_size,
         test_per_client=config.test_per_client,
         seed=config.seed,
+        public_source=public,
     )
 
 
@@ -58,7 +65,12 @@ def prepare_server_data(config: FederationConfig) -> FederatedData:
         DataError: the data set is missing or smaller than the public set.
     """
     train, test = read_dataset(config.dataset, config.data_root, cache=False)
-    return split_public_and_test(train, test, public_size=config.public_size, seed=config.seed)
+    public = None
+    if config.cross_dataset:
+        public, _ = read_dataset(config.public_source, config.data_root, cache=False)
+    return split_public_and_test(
+        train, test, public_size=config.public_size, seed=config.seed, public_source=public
+    )
 
 
 def build_runtime(config: FederationConfig, data: FederatedData, client_id: int) -> ClientRuntime:

@@ -26,6 +26,15 @@ def test_unknown_keys_are_rejected_with_the_valid_ones_listed(tmp_path):
         load_config(FederationConfig, path=toml, env={})
 
 
+def test_a_table_no_loader_reads_is_rejected_instead_of_ignored(tmp_path):
+    # Given federation keys put under a [federation] table (they belong at the top level)
+    toml = tmp_path / "c.toml"
+    toml.write_text("[federation]\nrounds = 3\n\n[service]\nworker_mode = 'pool'\n")
+    # When / Then loading says so, naming the table, rather than running 15 default rounds
+    with pytest.raises(ConfigError, match=r"unknown table\(s\) \['\[federation\]'\]"):
+        load_config(FederationConfig, path=toml, env={})
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [

@@ -47,6 +47,12 @@ def _rejected(**fields: object) -> str:
         ({"algorithm": "dsfl", "cache_policy": "adaptive"}, "has none"),
         ({"algorithm": "cfd", "max_cache_duration": 10}, "has none"),
         ({"cache_policy": "fixed", "max_cache_duration": 10}, "adaptive' only"),
+        ({"public_dataset": "mnist"}, "unknown public_dataset 'mnist'"),
+        ({"public_dataset": "mnist-5k"}, "has images of shape (1, 28, 28)"),
+        (
+            {"dataset": "fashion-mnist", "public_dataset": "mnist-5k", "public_size": 4001},
+            "public_size (4001) exceeds the 4000 training images of public_dataset mnist-5k",
+        ),
     ],
 )
 def test_a_combination_the_code_cannot_run_is_rejected_with_a_message_naming_it(fields, words):
@@ -66,6 +72,7 @@ def test_a_combination_the_code_cannot_run_is_rejected_with_a_message_naming_it(
         {"algorithm": "dsfl", "cache_duration": 7},  # D is part of shared grid configs
         {"public_size": 1138, "clients": 3, "samples_per_client": 100},  # exactly full
         {"downlink_codec": "f16+zstd19", "uplink_codec": "q2+delta+zstd"},
+        {"public_dataset": "digits"},  # naming the private data set is the default
     ],
 )
 def test_combinations_the_code_runs_are_accepted(fields):
@@ -73,6 +80,16 @@ def test_combinations_the_code_runs_are_accepted(fields):
     config = FederationConfig(**{**SMALL, **fields})
     # Then
     assert config.dataset == "digits"
+    assert not config.cross_dataset
+
+
+def test_a_public_set_from_another_data_set_leaves_the_whole_train_split_to_the_clients():
+    # Given 60 x 1,000 private images: all of Fashion-MNIST's train split, no room for P
+    fields = {"dataset": "fashion-mnist", "clients": 60, "samples_per_client": 1000}
+    # When P comes from MNIST, Then it fits; from Fashion-MNIST itself, it does not
+    config = FederationConfig(**{**SMALL, **fields, "public_dataset": "mnist-5k"})
+    assert config.cross_dataset and config.public_source == "mnist-5k"
+    assert "exceeds the 60000 training images" in _rejected(**fields)
 
 
 def test_the_defaults_are_a_valid_configuration():

@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from shared.data import dirichlet_partition, load_dataset, split_federation
+from shared.data import (
+    dirichlet_partition,
+    load_dataset,
+    split_federation,
+    split_public_and_test,
+)
 from shared.errors import DataError
 
 
@@ -192,3 +197,41 @@ def test_a_draw_from_an_exhausted_class_moves_to_the_classes_left():
     # Then all of class 0 is taken and the rest comes from the renormalized prior
     histogram = torch.bincount(labels[shard], minlength=3)
     assert histogram.tolist() == [5, 25, 0]
+
+
+def test_a_public_set_from_another_data_set_comes_from_it_and_leaves_the_train_split_whole(
+    mnist_5k,
+):
+    # Given two 28x28 splits: the private task's (MNIST's first 2,000 train images) and
+    # another one the public set comes from (the whole MNIST-5k train split)
+    train, test = mnist_5k
+    private = train.subset(torch.arange(2000))
+    # When P (1,500 images) comes from the other set and the shards take 2 x 1,000
+    data = split_federation(
+        private,
+        test,
+        num_clients=2,
+        alpha=None,
+        samples_per_client=1000,
+        public_size=1500,
+        test_per_client=10,
+        seed=5,
+        public_source=train,
+    )
+    # Then the shards cover the whole private train split (no image went to P) ...
+    everything = torch.cat(data.client_indices)
+    assert sorted(everything.tolist()) == list(range(2000))
+    # ... and P holds the public source's images at its drawn positions
+    assert torch.equal(data.public, train.images[data.public_indices])
+    assert len(data.public_indices.unique()) == 1500
+    # and the aggregator's split draws the same P
+    server = split_public_and_test(private, test, public_size=1500, seed=5, public_source=train)
+    assert torch.equal(server.public, data.public)
+
+
+def test_a_public_set_of_another_image_shape_or_too_small_is_refused(digits, mnist_5k):
+    train, test = mnist_5k
+    with pytest.raises(DataError, match="shape"):
+        split_public_and_test(train, test, public_size=10, seed=0, public_source=digits[0])
+    with pytest.raises(DataError, match="1439 public examples requested"):
+        split_public_and_test(train, test, public_size=1439, seed=0, public_source=digits[0])

@@ -43,7 +43,7 @@ class FederationConfig(BaseModel):
         "mnist-5k for fashion-mnist",
     )
     data_root: str | None = Field(None, description="folder with torchvision data sets")
-    model: str = Field("cnn", description="client model: cnn, resnet20, mlp")
+    model: str = Field("cnn", description="client model: cnn, resnet20, resnet32, mlp")
     server_model: str | None = Field(None, description="server model (default: same as model)")
     clients: int = Field(10, ge=1, le=10_000, description="number of clients K")
     sample_ratio: float = Field(1.0, gt=0, le=1, description="clients sampled per round")

@@ -98,6 +98,7 @@ class Metrics:
     dead_letters_total: Counter
     rejected_bytes_total: Counter
     server_accuracy: Gauge
+    server_top5: Gauge
     client_accuracy: Gauge
     worker_phase_seconds: Histogram
     worker_tasks_total: Counter
@@ -218,6 +219,11 @@ class Metrics:
             server_accuracy=Gauge(
                 "scarlet_server_accuracy",
                 "Server model top-1 accuracy on the test split",
+                registry=r,
+            ),
+            server_top5=Gauge(
+                "scarlet_server_top5_accuracy",
+                "Server model top-5 accuracy on the test split",
                 registry=r,
             ),
             client_accuracy=Gauge(

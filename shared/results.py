@@ -33,6 +33,7 @@ class RoundRecord:
     seconds: float
     phase_seconds: dict[str, float] = field(default_factory=dict)
     rejected_bytes_up: int = 0  # bodies received but not aggregated; not in wire_bytes_up
+    server_top5: float = math.nan  # top-5 accuracy (NaN in results written before it)
 
     @classmethod
     def from_json(cls, row: dict[str, object]) -> RoundRecord:
@@ -89,6 +90,7 @@ class RunResults:
             "rounds": len(r),
             "final_server_accuracy": accs[-1] if accs else math.nan,
             "best_server_accuracy": max(accs) if accs else math.nan,
+            "final_server_top5": r[-1].server_top5 if r else math.nan,
             "final_client_accuracy": clients[-1] if clients else math.nan,
             **total,
             "paper_bytes_total": paper,

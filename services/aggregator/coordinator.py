@@ -289,7 +289,7 @@ class RoundCoordinator:
             # CFD broadcasts the distilled server model's soft labels, not the vote shares
             self.core.replace_downlink_labels(self._server_view(indices))
         self.observer.phase_timed("distill", self.clock() - start)
-        record = self._record(closed, self.server.evaluate())
+        record = self._record(closed, *self.server.evaluate())
         self.progress = RoundProgress()
         self._save()
         self.store.append_result(json.dumps(record.to_json()))
@@ -311,12 +311,13 @@ class RoundCoordinator:
         assert previous is not None, "a closed round always leaves downlink targets"
         return previous.indices, previous.fresh_labels
 
-    def _record(self, closed: ClosedRound, accuracy: float) -> RoundRecord:
+    def _record(self, closed: ClosedRound, accuracy: float, top5: float) -> RoundRecord:
         p = self.progress
         up, down = p.ledger.up, p.ledger.down
         return RoundRecord(
             round=closed.round,
             server_accuracy=accuracy,
+            server_top5=top5,
             client_accuracy=p.mean_client_accuracy(),
             clients=len(closed.clients),
             requested=closed.requested,

@@ -108,6 +108,7 @@ class MetricsObserver(RoundObserver):
         m.rounds_completed_total.inc()
         m.round_duration_seconds.observe(r.seconds)
         m.server_accuracy.set(r.server_accuracy)
+        m.server_top5.set(r.server_top5)
         if not math.isnan(r.client_accuracy):
             m.client_accuracy.set(r.client_accuracy)
         if signals is not None:

@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["distill", "evaluate", "kd_loss", "predict", "train_supervised"]
+__all__ = [
+    "distill",
+    "evaluate",
+    "kd_loss",
+    "predict",
+    "top_k_accuracies",
+    "train_supervised",
+]
 
 
 def kd_loss(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
@@ -173,8 +180,41 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: in
         raise ValueError(
             f"need matching non-empty inputs, got {len(images)} images, {len(labels)} labels"
         )
-    probs = predict(model, images, batch_size=batch_size)
-    return (probs.argmax(dim=1) == labels.cpu()).double().mean().item()
+    return top_k_accuracies(model, images, labels, (1,), batch_size=batch_size)[0]
+
+
+def top_k_accuracies(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    ks: tuple[int, ...] = (1, 5),
+    *,
+    batch_size: int = 500,
+) -> tuple[float, ...]:
+    """Top-k accuracies in [0, 1], one per k, from one forward pass (see :func:`evaluate`).
+
+    Top-1 is ``argmax == label`` (ties go to the lower class, as always); a larger k
+    asks whether the label is among ``torch.topk``'s k classes (k is capped at C).
+
+    Raises:
+        ValueError: as :func:`evaluate`, or a k < 1.
+    """
+    if len(images) == 0 or len(images) != len(labels):
+        raise ValueError(
+            f"need matching non-empty inputs, got {len(images)} images, {len(labels)} labels"
+        )
+    if any(k < 1 for k in ks):
+        raise ValueError(f"top-k needs k >= 1, got {ks}")
+    probs, truth = predict(model, images, batch_size=batch_size), labels.cpu()
+    found = []
+    for k in ks:
+        if k == 1:
+            hits = probs.argmax(dim=1) == truth
+        else:
+            top = probs.topk(min(k, probs.shape[1]), dim=1).indices
+            hits = (top == truth[:, None]).any(dim=1)
+        found.append(hits.double().mean().item())
+    return tuple(found)
 
 
 def _check_batches(images: Tensor, targets: Tensor, epochs: int, batch_size: int) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -12,7 +14,7 @@ from shared.models.resnet import ResNet20
 
 __all__ = ["MLP", "MODELS", "ResNet20", "SmallCNN", "build_model"]
 
-MODELS: tuple[str, ...] = ("cnn", "resnet20", "mlp")
+MODELS: tuple[str, ...] = ("cnn", "resnet20", "resnet32", "mlp")
 
 _GLOBAL_RNG = threading.Lock()
 
@@ -38,7 +40,12 @@ def build_model(
     Raises:
         ValueError: for an unknown name, or an input too small for the model.
     """
-    factories = {"cnn": SmallCNN, "resnet20": ResNet20, "mlp": MLP}
+    factories: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
+        "cnn": SmallCNN,
+        "resnet20": ResNet20,
+        "resnet32": functools.partial(ResNet20, blocks_per_stage=5),
+        "mlp": MLP,
+    }
     if name not in factories:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     # layers initialize from the process-global RNG: serialize construction, or two threads

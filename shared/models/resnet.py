@@ -1,4 +1,4 @@
-"""CIFAR ResNet-20 (He et al. 2016, §4.2): 3 stages x 3 basic blocks, 16/32/64 channels.
+"""CIFAR ResNet-20 and -32 (He et al. 2016, §4.2): 3 stages x n basic blocks, 16/32/64 ch.
 
 Shortcuts that change shape use option A (stride-2 subsampling plus zero channels), so
 they add no parameters; the model has about 0.27 M parameters for 10 classes, as in the

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from shared.arrays import IndexArray, LabelArray
 from shared.config import FederationConfig
 from shared.data import ImageDataset
-from shared.distill.training import distill, evaluate, predict
+from shared.distill.training import distill, predict, top_k_accuracies
 from shared.models import build_model
 
 __all__ = ["ServerModel"]
@@ -56,6 +56,7 @@ class ServerModel:
         probs: LabelArray = predict(self.model, self.public[torch.from_numpy(indices)]).numpy()
         return probs
 
-    def evaluate(self) -> float:
-        """Top-1 accuracy on the full test split."""
-        return evaluate(self.model, self.test.images, self.test.labels)
+    def evaluate(self) -> tuple[float, float]:
+        """Top-1 and top-5 accuracy on the full test split."""
+        top1, top5 = top_k_accuracies(self.model, self.test.images, self.test.labels, (1, 5))
+        return top1, top5

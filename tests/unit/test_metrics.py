@@ -48,6 +48,7 @@ EXTRA = {
     "scarlet_cache_sync_requests_total",
     "scarlet_bytes_overhead_total",
     "scarlet_cache_version",
+    "scarlet_server_top5_accuracy",
 }
 # labels that would carry an id: one series per client, round, run, worker or request
 ID_LABELS = re.compile(r"(client|round|run|worker|request|instance|pod|host|id)", re.I)
@@ -185,6 +186,8 @@ def test_the_aggregator_accounts_every_completed_round_so_that_savings_add_up():
     assert get("scarlet_rounds_completed_total") == config.rounds
     assert get("scarlet_round_age_seconds") == 0  # no round open once finished
     assert math.isclose(get("scarlet_server_accuracy"), last.server_accuracy)
+    assert math.isclose(get("scarlet_server_top5_accuracy"), last.server_top5)
+    assert last.server_accuracy <= last.server_top5 <= 1
 
 
 def test_scarlet_up_assigns_one_metrics_port_per_process_and_writes_the_targets(tmp_path):

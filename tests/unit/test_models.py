@@ -52,8 +52,18 @@ def test_resnet20_has_about_a_quarter_million_parameters():
     assert 260_000 <= count <= 280_000
 
 
+def test_resnet32_has_five_blocks_per_stage_and_about_half_a_million_parameters():
+    # When (He et al. 2016, table 6: 0.46 M)
+    model = build_model("resnet32", (3, 32, 32), 10, seed=0)
+    # Then
+    count = sum(p.numel() for p in model.parameters())
+    assert 455_000 <= count <= 475_000
+    assert len(model.blocks) == 15
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_unknown_model_name_lists_the_choices():
-    with pytest.raises(ValueError, match="cnn, resnet20, mlp"):
+    with pytest.raises(ValueError, match="cnn, resnet20, resnet32, mlp"):
         build_model("vgg", (1, 28, 28), 10, seed=0)
 
 

@@ -3,7 +3,14 @@ import torch
 import torch.nn.functional as F
 
 from shared.data import load_dataset
-from shared.distill.training import distill, evaluate, kd_loss, predict, train_supervised
+from shared.distill.training import (
+    distill,
+    evaluate,
+    kd_loss,
+    predict,
+    top_k_accuracies,
+    train_supervised,
+)
 from shared.models import build_model
 
 
@@ -190,3 +197,22 @@ def test_evaluate_on_nothing_is_an_error():
     model = build_model("mlp", (1, 8, 8), 10, seed=0)
     with pytest.raises(ValueError, match="non-empty"):
         evaluate(model, torch.empty(0, 1, 8, 8), torch.empty(0, dtype=torch.int64))
+
+
+def test_top_k_accuracies_count_a_label_found_among_the_k_best_classes():
+    # Given a "model" whose outputs are fixed logits: sample 0's label is its best class,
+    # sample 1's its second best, sample 2's its worst of four
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0], [3.0, 4.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return logits[x[:, 0, 0, 0].long()]
+
+    images = torch.arange(3, dtype=torch.float32).reshape(3, 1, 1, 1)
+    labels = torch.tensor([0, 0, 0])
+    # When / Then: top-1 finds one, top-2 two, top-4 (all classes) and a k above C all
+    top1, top2, top4, top9 = top_k_accuracies(Fixed(), images, labels, (1, 2, 4, 9))
+    assert (top1, top2, top4, top9) == pytest.approx((1 / 3, 2 / 3, 1.0, 1.0))
+    assert evaluate(Fixed(), images, labels) == top1
+    with pytest.raises(ValueError, match="k >= 1"):
+        top_k_accuracies(Fixed(), images, labels, (0,))

@@ -155,6 +155,7 @@ class ServerCache:
         duration: int,
         *,
         max_age: int | None = None,
+        keep: BoolArray | None = None,
     ) -> CacheCommit:
         """Apply round ``now``'s signals: the server half of the synchronization.
 
@@ -167,6 +168,10 @@ class ServerCache:
             max_age: None for the paper's rule. With an adaptive policy, the oldest age a
                 reused entry may have; requested entries that are present are then
                 *refreshed* (overwritten, signalled NEWLY_CACHED) instead of expired.
+            keep: (q,) bool over ``plan.requested``, the ``cache_ratio`` draw: an absent
+                entry is cached only where True, elsewhere its fresh label serves this
+                round only (signalled EXPIRED, whose clear is a no-op on an absent entry).
+                None caches every absent entry. Only for the paper's rule (no max_age).
 
         Returns:
             The commit, with per-index signals and the full target matrix.
@@ -193,12 +198,17 @@ class ServerCache:
             raise RoundStateConflict(
                 f"commit: round={now} cache changed since the round was planned"
             )
+        if keep is not None and (max_age is not None or keep.shape != (q,)):
+            raise RoundStateConflict(
+                f"commit: round={now} a keep mask needs the paper's rule and shape {(q,)}"
+            )
         # with an adaptive policy a requested entry that is present is refreshed in place
         was_empty = (previous_written[:q] == NEVER) | (max_age is not None)
+        stored = was_empty if keep is None else was_empty & keep
         signals = np.full(indices.size, int(CacheSignal.CACHED), dtype=np.int64)
-        signals[:q] = np.where(was_empty, int(CacheSignal.NEWLY_CACHED), int(CacheSignal.EXPIRED))
-        newly, expired = plan.requested[was_empty], plan.requested[~was_empty]
-        self.labels[newly] = fresh_labels[was_empty]
+        signals[:q] = np.where(stored, int(CacheSignal.NEWLY_CACHED), int(CacheSignal.EXPIRED))
+        newly, expired = plan.requested[stored], plan.requested[~stored]
+        self.labels[newly] = fresh_labels[stored]
         self.written[newly] = now
         self.labels[expired] = 0.0
         self.written[expired] = NEVER

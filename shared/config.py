@@ -78,6 +78,13 @@ class FederationConfig(BaseModel):
         le=1,
         description="sliding cache: share of each round's public draw that is new",
     )
+    cache_ratio: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="fixed cache: share of a round's newly aggregated labels that enter "
+        "the cache (a seeded draw); the rest are sent and used that round only",
+    )
     drift_threshold: float = Field(
         0.2, gt=0, le=1, description="adaptive cache: total-variation drift that forces a refresh"
     )
@@ -92,6 +99,12 @@ class FederationConfig(BaseModel):
     )
     client_eval_every: int = Field(
         1, ge=0, description="evaluate clients every N rounds (0: never)"
+    )
+    augment: bool = Field(
+        False,
+        description="augment private and public training images: random shifts of up to "
+        "H/8 pixels (a crop of the zero-padded image), plus left-right flips for colour "
+        "images; drawn per client, round and sample, so every process agrees",
     )
     seed: int = Field(42, ge=0, description="seed of every random draw")
     threads: int = Field(
@@ -174,13 +187,19 @@ class FederationConfig(BaseModel):
     def _check_cache(self) -> FederationConfig:
         if self.algorithm != "scarlet":
             # DS-FL and CFD keep no cache: a cache setting would be silently ignored
-            if self.cache_policy != "fixed" or self.max_cache_duration:
+            if self.cache_policy != "fixed" or self.max_cache_duration or self.cache_ratio < 1:
                 raise ValueError(
-                    f"cache_policy = {self.cache_policy!r} and max_cache_duration = "
-                    f"{self.max_cache_duration} need a cache; algorithm {self.algorithm!r} "
+                    f"cache_policy = {self.cache_policy!r}, max_cache_duration = "
+                    f"{self.max_cache_duration} and cache_ratio = {self.cache_ratio} need a "
+                    f"cache; algorithm {self.algorithm!r} "
                     "has none (use algorithm = 'scarlet', or the defaults)"
                 )
             return self
+        if self.cache_ratio < 1 and self.cache_policy != "fixed":
+            raise ValueError(
+                f"cache_ratio ({self.cache_ratio}) applies to cache_policy = 'fixed' only; "
+                f"the {self.cache_policy} policy refreshes entries in place"
+            )
         if self.cache_policy == "fixed" and self.max_cache_duration:
             raise ValueError(
                 "max_cache_duration applies to cache_policy = 'adaptive' only; the fixed "

@@ -29,6 +29,7 @@ from torch import nn
 
 from shared.config import FederationConfig
 from shared.data import FederatedData, ImageDataset
+from shared.distill.augment import Augmentation
 from shared.distill.training import evaluate, train_supervised
 from shared.models import build_model
 from shared.results import RoundRecord, RunResults
@@ -93,6 +94,7 @@ def run_centralized(config: FederationConfig, data: FederatedData) -> RunResults
         config.model, data.input_shape, data.num_classes, seed=config.seed * 100_003 + 99_991
     )
     generator = torch.Generator().manual_seed(config.seed * 100_003 + _CENTRAL_STREAM)
+    augment = _augmentation(config, data, _CENTRAL_STREAM + 1)
     results = RunResults(config={**config.model_dump(), "algorithm": "centralized"})
     for t in range(config.rounds):
         round_start = time.perf_counter()
@@ -104,6 +106,7 @@ def run_centralized(config: FederationConfig, data: FederatedData) -> RunResults
             batch_size=config.batch_size,
             lr=config.lr,
             generator=generator,
+            augment=augment,
         )
         server = evaluate(model, data.test.images, data.test.labels)
         client = _mean_shard_accuracy([model] * len(data.client_tests), data.client_tests)
@@ -112,6 +115,16 @@ def run_centralized(config: FederationConfig, data: FederatedData) -> RunResults
         )
     results.wall_seconds = time.perf_counter() - start
     return results
+
+
+def _augmentation(
+    config: FederationConfig, data: FederatedData, stream: int
+) -> Augmentation | None:
+    """The same augmentation as the federated runs get (``config.augment``), or None."""
+    if not config.augment:
+        return None
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + stream)
+    return Augmentation.for_images(data.input_shape, generator)
 
 
 def run_individual(config: FederationConfig, data: FederatedData) -> RunResults:
@@ -133,10 +146,15 @@ def run_individual(config: FederationConfig, data: FederatedData) -> RunResults:
         torch.Generator().manual_seed(config.seed * 100_003 + _INDIVIDUAL_STREAM + k)
         for k in range(len(data.clients))
     ]
+    augments = [
+        _augmentation(config, data, _INDIVIDUAL_STREAM + 50_000 + k)
+        for k in range(len(data.clients))
+    ]
     results = RunResults(config={**config.model_dump(), "algorithm": "individual"})
     for t in range(config.rounds):
         round_start = time.perf_counter()
-        for model, shard, generator in zip(models, data.clients, generators, strict=True):
+        runs = zip(models, data.clients, generators, augments, strict=True)
+        for model, shard, generator, augment in runs:
             train_supervised(
                 model,
                 shard.images,
@@ -145,6 +163,7 @@ def run_individual(config: FederationConfig, data: FederatedData) -> RunResults:
                 batch_size=config.batch_size,
                 lr=config.lr,
                 generator=generator,
+                augment=augment,
             )
         server = sum(evaluate(m, data.test.images, data.test.labels) for m in models) / len(models)
         client = _mean_shard_accuracy(models, data.client_tests)

@@ -284,7 +284,7 @@ class RoundCoordinator:
         assert closed is not None, "distilling without a closed round"
         indices, targets = self._distill_set()
         start = self.clock()
-        self.server.distill(indices, targets)
+        self.server.distill(indices, targets, round_no=closed.round)
         if self.config.algorithm == "cfd":
             # CFD broadcasts the distilled server model's soft labels, not the vote shares
             self.core.replace_downlink_labels(self._server_view(indices))

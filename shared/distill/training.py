@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shared.distill.augment import Augmentation
+
 __all__ = [
     "distill",
     "evaluate",
@@ -46,6 +48,7 @@ def train_supervised(
     batch_size: int,
     lr: float,
     generator: torch.Generator,
+    augment: Augmentation | None = None,
 ) -> float:
     """Train with cross-entropy and plain SGD, reshuffling every epoch.
 
@@ -60,6 +63,8 @@ def train_supervised(
         batch_size: examples per step; the last batch of an epoch may be smaller.
         lr: the SGD learning rate.
         generator: a CPU generator; it alone decides the batch order.
+        augment: when given, each epoch shifts (and may flip) every image, with choices
+            drawn per sample from its own generator (the batch order stays the same).
 
     Returns:
         The mean cross-entropy (nats per example) over the last epoch; 0.0 when nothing
@@ -77,10 +82,14 @@ def train_supervised(
     mean_loss = 0.0
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=generator)
+        draw = augment.draw(len(images)) if augment is not None else None
         total = 0.0
         for start in range(0, len(images), batch_size):
             batch = order[start : start + batch_size]
-            logits = model(images[batch].to(device))
+            inputs = images[batch]
+            if augment is not None and draw is not None:
+                inputs = augment.apply(inputs, draw, batch)
+            logits = model(inputs.to(device))
             loss = F.cross_entropy(logits, labels[batch].to(device))
             _sgd_step(optimizer, loss)
             total += loss.item() * len(batch)
@@ -89,7 +98,14 @@ def train_supervised(
 
 
 def distill(
-    model: nn.Module, images: Tensor, targets: Tensor, *, epochs: int, batch_size: int, lr: float
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    augment: Augmentation | None = None,
 ) -> float:
     """Distil soft labels into ``model`` with :func:`kd_loss` and plain SGD.
 
@@ -102,6 +118,7 @@ def distill(
         epochs: passes over the data.
         batch_size: examples per step.
         lr: the SGD learning rate.
+        augment: as :func:`train_supervised` (each image keeps its target).
 
     Returns:
         The mean KD loss (nats per example) over the last epoch; 0.0 for empty input.
@@ -120,10 +137,14 @@ def distill(
     model.train()
     mean_loss = 0.0
     for _ in range(epochs):
+        draw = augment.draw(len(images)) if augment is not None else None
         total = 0.0
         for start in range(0, len(images), batch_size):
             stop = start + batch_size
-            loss = kd_loss(model(images[start:stop].to(device)), targets[start:stop].to(device))
+            inputs = images[start:stop]
+            if augment is not None and draw is not None:
+                inputs = augment.apply(inputs, draw, slice(start, stop))
+            loss = kd_loss(model(inputs.to(device)), targets[start:stop].to(device))
             _sgd_step(optimizer, loss)
             total += loss.item() * len(images[start:stop])
         mean_loss = total / len(images)

@@ -51,6 +51,7 @@ __all__ = [
 _CLIENT_STREAM = 1
 _PUBLIC_STREAM = 2
 _WINDOW_STREAM = 3  # the sliding policy's run-wide permutation of the public set
+_RATIO_STREAM = 4  # cache_ratio's draw of the entries a round caches
 
 
 def sampled_clients(config: FederationConfig, round_no: int) -> tuple[int, ...]:
@@ -335,7 +336,9 @@ class AggregatorCore:
         t, cfg, plan = self.round, self.config, self.plan
         fresh = self._aggregate(plan)
         if self.cache is not None:
-            commit = self.cache.commit(plan, fresh, t, cfg.cache_duration, max_age=self._max_age())
+            commit = self.cache.commit(
+                plan, fresh, t, cfg.cache_duration, max_age=self._max_age(), keep=self._keep(plan)
+            )
             self.last_commit = commit
             self.downlink_targets = DistillTargets(
                 t, commit.indices, commit.signals, commit.fresh_labels
@@ -357,6 +360,24 @@ class AggregatorCore:
         )
         self.round, self.phase, self.uploads = t + 1, RoundPhase.IDLE, {}
         return result
+
+    def _keep(self, plan: RequestPlan) -> BoolArray | None:
+        """``cache_ratio`` < 1: which requested entries may be cached this round.
+
+        As the authors' code: of the requested entries that are absent, a uniform draw of
+        ``int(ratio * count)`` is cached (seeded per round, so a restarted aggregator
+        draws the same); the others are sent and used this round only.
+        """
+        ratio = self.config.cache_ratio
+        if ratio >= 1 or self.cache is None:
+            return None
+        absent = np.flatnonzero(self.cache.written[plan.requested] == NEVER)
+        chosen = torch.randperm(
+            absent.size, generator=round_generator(self.config.seed, self.round, _RATIO_STREAM)
+        )[: int(ratio * absent.size)]
+        keep = np.zeros(plan.requested.size, dtype=bool)
+        keep[absent[chosen.numpy()]] = True
+        return keep
 
     def replace_downlink_labels(self, labels: LabelArray) -> None:
         """CFD: send the server model's predictions (n, C) instead of the aggregate.

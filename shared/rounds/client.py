@@ -20,6 +20,7 @@ from shared.arrays import AnyArray, LabelArray
 from shared.cache_policy import CatchUpDiff, ClientCache, targets_digest
 from shared.config import FederationConfig
 from shared.data import ImageDataset
+from shared.distill.augment import Augmentation
 from shared.distill.sampling import round_generator
 from shared.distill.training import distill, evaluate, predict, train_supervised
 from shared.errors import CacheDesync
@@ -30,6 +31,9 @@ from shared.protocol.messages import DistillTargets, SoftLabelUpload, TrainTask
 __all__ = ["ClientRuntime", "PhaseTimes"]
 
 _TRAIN_STREAM = 1000
+# augmentation draws, one stream per client and use (K <= 10,000 keeps them apart)
+_AUGMENT_TRAIN_STREAM = 20_000
+_AUGMENT_DISTILL_STREAM = 40_000
 
 
 @dataclass
@@ -101,6 +105,7 @@ class ClientRuntime:
                 epochs=cfg.distill_epochs,
                 batch_size=cfg.distill_batch_size,
                 lr=cfg.distill_lr,
+                augment=self._augmentation(task.round, _AUGMENT_DISTILL_STREAM),
             )
             times.distill = time.perf_counter() - start
         start = time.perf_counter()
@@ -112,6 +117,7 @@ class ClientRuntime:
             batch_size=cfg.batch_size,
             lr=cfg.lr,
             generator=round_generator(cfg.seed, task.round, _TRAIN_STREAM + self.client_id),
+            augment=self._augmentation(task.round, _AUGMENT_TRAIN_STREAM),
         )
         times.train = time.perf_counter() - start
         start = time.perf_counter()
@@ -161,6 +167,12 @@ class ClientRuntime:
                 "match the aggregator's digest"
             )
         return restored
+
+    def _augmentation(self, round_no: int, stream: int) -> Augmentation | None:
+        if not self.config.augment:
+            return None
+        generator = round_generator(self.config.seed, round_no, stream + self.client_id)
+        return Augmentation.for_images(self.private.input_shape, generator)
 
     def _evaluate(self, round_no: int) -> float:
         every = self.config.client_eval_every

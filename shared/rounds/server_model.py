@@ -12,10 +12,14 @@ from torch import Tensor, nn
 from shared.arrays import IndexArray, LabelArray
 from shared.config import FederationConfig
 from shared.data import ImageDataset
+from shared.distill.augment import Augmentation
+from shared.distill.sampling import round_generator
 from shared.distill.training import distill, predict, top_k_accuracies
 from shared.models import build_model
 
 __all__ = ["ServerModel"]
+
+_AUGMENT_STREAM = 60_000  # apart from the clients' augmentation streams
 
 
 class ServerModel:
@@ -39,9 +43,16 @@ class ServerModel:
             name, test.input_shape, num_classes, seed=config.seed * 100_003 + 99_991
         )
 
-    def distill(self, indices: IndexArray, targets: LabelArray) -> float:
-        """Distil on ``targets`` (n, C) for public ``indices`` (n,); returns the last KD loss."""
+    def distill(self, indices: IndexArray, targets: LabelArray, *, round_no: int) -> float:
+        """Distil on ``targets`` (n, C) for public ``indices`` (n,); returns the last KD loss.
+
+        ``round_no`` seeds the augmentation draws (when ``config.augment``).
+        """
         cfg = self.config
+        augment = None
+        if cfg.augment:
+            generator = round_generator(cfg.seed, round_no, _AUGMENT_STREAM)
+            augment = Augmentation.for_images(self.test.input_shape, generator)
         return distill(
             self.model,
             self.public[torch.from_numpy(indices)],
@@ -49,6 +60,7 @@ class ServerModel:
             epochs=cfg.server_distill_epochs,
             batch_size=cfg.distill_batch_size,
             lr=cfg.distill_lr,
+            augment=augment,
         )
 
     def predict(self, indices: IndexArray) -> LabelArray:

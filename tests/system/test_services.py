@@ -62,7 +62,12 @@ def _assert_same_federation(fed, expected: EmbeddedFederation) -> None:
 
 # the sliding cache's window draw and refresh-in-place commits, over the real services
 SLIDING = {"cache_policy": "sliding", "refresh_share": 0.4, "cache_duration": 2}
-POLICIES = [pytest.param({}, id="fixed"), pytest.param(SLIDING, id="sliding")]
+POLICIES = [
+    pytest.param({}, id="fixed"),
+    pytest.param(SLIDING, id="sliding"),
+    # augmentation draws per client, round and sample: every process draws the same
+    pytest.param({"augment": True}, id="augmented"),
+]
 
 
 @pytest.mark.parametrize("policy", POLICIES)

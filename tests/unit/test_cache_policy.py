@@ -135,10 +135,12 @@ def test_restore_refuses_cached_signals_for_entries_the_replica_lacks():
     num_clients=st.integers(1, 5),
     rounds=st.integers(1, 25),
     participation=st.floats(0.2, 1.0),
+    keep_share=st.sampled_from([None, 0.5, 0.0]),
 )
 def test_server_and_clients_never_disagree_under_partial_participation(
-    seed, duration, num_clients, rounds, participation
+    seed, duration, num_clients, rounds, participation, keep_share
 ):
+    # keep_share: cache_ratio's draw (None caches every absent entry, as the paper)
     # Given a random sequence of draws and random client samples each round
     g = np.random.default_rng(seed)
     public, classes = 12, 3
@@ -169,7 +171,12 @@ def test_server_and_clients_never_disagree_under_partial_participation(
         drawn = g.permutation(public)[: int(g.integers(1, public))]
         plan = server.plan_requests(drawn, r, duration)
         fresh = softmax_rows(g, plan.requested.size, classes)
-        last = server.commit(plan, fresh, r, duration)
+        keep = None if keep_share is None else g.random(plan.requested.size) < keep_share
+        absent = server.written[plan.requested] == NEVER
+        last = server.commit(plan, fresh, r, duration, keep=keep)
+        # only the kept absent entries were cached
+        newly = last.signals[: plan.requested.size] == int(N)
+        assert np.array_equal(newly, absent if keep is None else absent & keep)
         # the request rule and the signals use the same predicate
         assert (last.signals[plan.requested.size :] == int(C_)).all()
         assert (last.signals[: plan.requested.size] != int(C_)).all()
@@ -239,3 +246,15 @@ def test_an_adaptive_commit_refreshes_present_entries_in_place_and_clients_follo
     assert server.commit(
         plan, np.empty((0, 2), dtype=np.float32), 5, 3, max_age=6
     ).signals.tolist() == [int(C_)]
+
+
+def test_a_keep_mask_is_refused_with_refresh_in_place_or_the_wrong_shape():
+    server = ServerCache(4, 2)
+    plan = server.plan_requests(np.array([0, 1, 2]), 0, 2)
+    labels = _labels_for(0, plan.requested)
+    with pytest.raises(RoundStateConflict, match="keep mask"):
+        server.commit(plan, labels, 0, 2, keep=np.ones(2, dtype=bool))
+    with pytest.raises(RoundStateConflict, match="keep mask"):
+        server.commit(plan, labels, 0, 2, max_age=2, keep=np.ones(3, dtype=bool))
+    # and nothing was written by the refused commits
+    assert (server.written == NEVER).all()

@@ -119,3 +119,15 @@ def test_a_fixed_max_cache_duration_that_failed_its_own_commit_is_now_refused_up
     message = _rejected(**fields)
     # Then
     assert "at least cache_duration (4)" in message
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"cache_ratio": 0.5, "cache_policy": "sliding"}, "applies to cache_policy = 'fixed'"),
+        ({"cache_ratio": 0.5, "algorithm": "dsfl"}, "has none"),
+        ({"cache_ratio": 0.0}, "greater than 0"),
+    ],
+)
+def test_a_cache_ratio_needs_the_fixed_cache(fields, words):
+    assert words in _rejected(**fields)

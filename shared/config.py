@@ -17,6 +17,8 @@ from shared.protocol.softlabels import CodecSpec
 
 __all__ = ["FederationConfig", "ServiceSettings"]
 
+_SFD_MIN_PRIVATE = 4  # = shared.distill.selective.MIN_PRIVATE_SAMPLES (config imports no torch)
+
 
 class FederationConfig(BaseModel):
     """Everything that defines a federation run: the paper's hyper-parameters and data.
@@ -28,10 +30,11 @@ class FederationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     run_id: str = Field("run", description="name of this federation (queue and key prefix)")
-    algorithm: Literal["dsfl", "scarlet", "cfd"] = Field(
+    algorithm: Literal["dsfl", "scarlet", "cfd", "selective_fd"] = Field(
         "scarlet",
         description="dsfl: ERA, no cache; scarlet: cache + Enhanced ERA; "
-        "cfd: hard-label votes up, server-model soft labels down",
+        "cfd: hard-label votes up, server-model soft labels down; selective_fd: clients "
+        "upload only the public samples their density-ratio selector keeps, plain mean",
     )
     dataset: str = Field(
         "fashion-mnist", description="fashion-mnist, mnist-5k, digits, cifar10, cifar100"
@@ -90,6 +93,25 @@ class FederationConfig(BaseModel):
     )
     max_cache_duration: int = Field(
         0, ge=0, description="adaptive cache: longest reuse of a stable entry (0: 2·D)"
+    )
+    sfd_kernel_width: float = Field(
+        5.0, gt=0, description="Selective-FD: Gaussian kernel width of the KuLSIF selector"
+    )
+    sfd_lambda_exponent: float = Field(
+        0.5, description="Selective-FD: KuLSIF lambda = |D_k| ** this exponent"
+    )
+    sfd_threshold: float = Field(
+        0.125,
+        ge=0,
+        le=1,
+        description="Selective-FD: quantile of the held-out private ratios below which a "
+        "public sample is an outlier (never uploaded)",
+    )
+    sfd_l1_threshold: float = Field(
+        2.0,
+        gt=0,
+        description="Selective-FD: keep an aggregated label only if its L1 distance to its "
+        "one-hot argmax is below this (2.0 keeps every label)",
     )
     uplink_codec: str = Field(
         "q8+ans", description="soft-label codec of uploads: f32, f16, q2..q8, +zstd or +ans"
@@ -159,6 +181,13 @@ class FederationConfig(BaseModel):
                 f"public_size ({self.public_size}) + clients x samples_per_client "
                 f"({self.clients} x {self.samples_per_client}) = {self.public_size + private} "
                 f"exceeds the {train} training images of {self.dataset}"
+            )
+        if self.algorithm == "selective_fd" and self.samples_per_client < _SFD_MIN_PRIVATE:
+            # the selector fits on 90 % of half the shard and thresholds on the rest
+            raise ValueError(
+                f"selective_fd needs samples_per_client >= {_SFD_MIN_PRIVATE} (one image "
+                f"to fit its selector on and one to threshold on), got "
+                f"{self.samples_per_client}"
             )
         if self.test_per_client > test:
             raise ValueError(
@@ -232,7 +261,9 @@ class FederationConfig(BaseModel):
     @property
     def sharpening(self) -> str:
         """The aggregation sharpening the algorithm uses."""
-        return {"scarlet": "enhanced_era", "dsfl": "era", "cfd": "none"}[self.algorithm]
+        return {"scarlet": "enhanced_era", "dsfl": "era", "cfd": "none", "selective_fd": "none"}[
+            self.algorithm
+        ]
 
     @property
     def uplink_spec(self) -> CodecSpec:

@@ -54,6 +54,13 @@ FEDERATED_METHODS: dict[str, dict[str, object]] = {
     "dsfl": {"algorithm": "dsfl", "uplink_codec": "f32", "downlink_codec": "f32"},
     "dsfl+codec": {"algorithm": "dsfl", "uplink_codec": CODEC, "downlink_codec": CODEC},
     "cfd": {"algorithm": "cfd", "uplink_codec": CODEC, "downlink_codec": CODEC},
+    # Selective-FD (DECISIONS §35): f32 like plain DS-FL, and with DS-FL + codec's codec
+    "selective_fd": {"algorithm": "selective_fd", "uplink_codec": "f32", "downlink_codec": "f32"},
+    "selective_fd+codec": {
+        "algorithm": "selective_fd",
+        "uplink_codec": CODEC,
+        "downlink_codec": CODEC,
+    },
     "scarlet": {
         "algorithm": "scarlet",
         "cache_policy": "fixed",
@@ -89,6 +96,8 @@ METHODS: tuple[str, ...] = (
     "dsfl",
     "dsfl+codec",
     "cfd",
+    "selective_fd",
+    "selective_fd+codec",
     "scarlet",
     "scarlet+codec",
     "scarlet+adaptive",

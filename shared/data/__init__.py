@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         ImageDataset,
         RawImages,
         load_dataset,
+        pixel_normalization,
         read_dataset,
     )
     from shared.data.partition import (
@@ -40,6 +41,7 @@ __all__ = [
     "dataset_classes",
     "dirichlet_partition",
     "load_dataset",
+    "pixel_normalization",
     "read_dataset",
     "split_federation",
     "split_public_and_test",
@@ -47,7 +49,14 @@ __all__ = [
 
 _LAZY = {
     **dict.fromkeys(
-        ("DEBIAN_FASHION_MNIST", "ImageDataset", "RawImages", "load_dataset", "read_dataset"),
+        (
+            "DEBIAN_FASHION_MNIST",
+            "ImageDataset",
+            "RawImages",
+            "load_dataset",
+            "pixel_normalization",
+            "read_dataset",
+        ),
         "shared.data.datasets",
     ),
     **dict.fromkeys(

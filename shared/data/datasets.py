@@ -44,6 +44,7 @@ __all__ = [
     "ImageDataset",
     "RawImages",
     "load_dataset",
+    "pixel_normalization",
     "read_dataset",
 ]
 
@@ -154,6 +155,19 @@ class RawImages:
     def to_dataset(self) -> ImageDataset:
         """Every row, normalized."""
         return _to_dataset(self.pixels, self.labels.numpy(), self.name, self.num_classes)
+
+
+def pixel_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel (mean, std) that :func:`load_dataset` normalizes ``name`` with.
+
+    Pixels were scaled to [0, 1] first, so ``image * std + mean`` gives them back.
+
+    Raises:
+        DataError: for an unknown data set.
+    """
+    if name not in _MEAN_STD:
+        raise DataError(f"unknown data set {name!r}")
+    return _MEAN_STD[name]
 
 
 def load_dataset(name: str, root: str | Path | None = None) -> tuple[ImageDataset, ImageDataset]:

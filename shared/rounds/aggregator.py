@@ -32,6 +32,7 @@ from shared.cache_policy import (
 from shared.config import FederationConfig
 from shared.distill import mean_by_index, sample_clients, sample_public_indices, sharpen
 from shared.distill.sampling import round_generator, sliding_window_positions
+from shared.distill.selective import confident_rows
 from shared.errors import RoundStateConflict
 from shared.protocol.messages import CatchUp, DistillTargets, SoftLabelUpload, TrainTask
 from shared.protocol.softlabels import roundtrip
@@ -304,13 +305,25 @@ class AggregatorCore:
         if upload.client_id in self.uploads:
             return UploadOutcome.DUPLICATE
         assert self.plan is not None
-        if upload.client_id not in self.clients or not np.array_equal(
-            upload.indices, self.plan.requested
-        ):
+        if upload.client_id not in self.clients or not self._fits_request(upload.indices):
             return UploadOutcome.REJECTED
         if upload.soft_labels.shape != (upload.indices.size, self.num_classes):
             return UploadOutcome.REJECTED
         return UploadOutcome.ACCEPTED
+
+    def _fits_request(self, indices: IndexArray) -> bool:
+        """The request exactly; for Selective-FD any sorted, unique subset of it (or none).
+
+        Selective-FD clients leave out the public samples their selector calls outliers.
+        """
+        requested = self.plan.requested if self.plan is not None else None
+        if requested is None:
+            return False
+        if self.config.algorithm != "selective_fd":
+            return bool(np.array_equal(indices, requested))
+        if indices.ndim != 1 or not bool(np.all(indices[1:] > indices[:-1])):
+            return False
+        return bool(np.isin(indices, requested, assume_unique=True).all())
 
     def accept(self, upload: SoftLabelUpload) -> UploadOutcome:
         """Record one decoded upload; idempotent per (run, round, client)."""
@@ -334,7 +347,7 @@ class AggregatorCore:
         if not self.uploads and self.plan.requested.size:
             raise RoundStateConflict(f"close: round={self.round} has no accepted upload")
         t, cfg, plan = self.round, self.config, self.plan
-        fresh = self._aggregate(plan)
+        received, fresh = self._aggregate(plan)
         if self.cache is not None:
             commit = self.cache.commit(
                 plan, fresh, t, cfg.cache_duration, max_age=self._max_age(), keep=self._keep(plan)
@@ -346,8 +359,8 @@ class AggregatorCore:
             indices, targets = commit.indices, commit.targets
             self.downlink_digest = targets_digest(targets)
         else:
-            self.downlink_targets = DistillTargets(t, plan.requested, None, fresh)
-            indices, targets = plan.requested, fresh
+            indices, targets = self._downlink_rows(received, fresh)
+            self.downlink_targets = DistillTargets(t, indices, None, targets)
         result = RoundResult(
             round=t,
             clients=self.clients,
@@ -400,18 +413,39 @@ class AggregatorCore:
             previous.round, previous.indices, None, self._roundtrip(labels)
         )
 
-    def _aggregate(self, plan: RequestPlan) -> LabelArray:
-        if not plan.requested.size:
-            return np.empty((0, self.num_classes), dtype=np.float32)
+    def _downlink_rows(
+        self, received: IndexArray, fresh: LabelArray
+    ) -> tuple[IndexArray, LabelArray]:
+        """The rows sent down (and distilled on) without a cache.
+
+        Every aggregated row, or for Selective-FD those whose aggregate passes the
+        server-side selector.
+        """
+        if self.config.algorithm != "selective_fd":
+            return received, fresh
+        keep = confident_rows(fresh, self.config.sfd_l1_threshold)
+        kept_indices: IndexArray = received[keep]
+        kept_labels: LabelArray = fresh[keep]
+        return kept_indices, kept_labels
+
+    def _aggregate(self, plan: RequestPlan) -> tuple[IndexArray, LabelArray]:
+        """The sharpened per-sample means and their indices, one row per index sent.
+
+        That is every requested index (ascending) for all algorithms but Selective-FD,
+        whose rows are the union of its clients' subsets: each row averages the clients
+        that sent it, and an index nobody sent has no row.
+        """
+        if not any(u.indices.size for u in self.uploads.values()):
+            return np.empty(0, dtype=np.int64), np.empty((0, self.num_classes), np.float32)
         # sort by client id: float sums must not depend on arrival order
         ordered = [self.uploads[k] for k in sorted(self.uploads)]
         labels = torch.from_numpy(np.concatenate([u.soft_labels for u in ordered]))
         index = torch.from_numpy(np.concatenate([u.indices for u in ordered]))
-        means, _ = mean_by_index(labels, index, self.config.public_size)
+        means, received = mean_by_index(labels, index, self.config.public_size)
         sharpened = sharpen(
             means,
             method=self.config.sharpening,
             temperature=self.config.temperature,
             beta=self.config.beta,
         )
-        return self._roundtrip(sharpened.numpy())
+        return received.numpy(), self._roundtrip(sharpened.numpy())

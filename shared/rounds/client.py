@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from shared.arrays import AnyArray, LabelArray
+from shared.arrays import AnyArray, BoolArray, IndexArray, LabelArray
 from shared.cache_policy import CatchUpDiff, ClientCache, targets_digest
 from shared.config import FederationConfig
-from shared.data import ImageDataset
+from shared.data import ImageDataset, pixel_normalization
 from shared.distill.augment import Augmentation
 from shared.distill.sampling import round_generator
+from shared.distill.selective import fit_inlier_mask
 from shared.distill.training import distill, evaluate, predict, train_supervised
 from shared.errors import CacheDesync
 from shared.models import build_model
@@ -31,6 +32,7 @@ from shared.protocol.messages import DistillTargets, SoftLabelUpload, TrainTask
 __all__ = ["ClientRuntime", "PhaseTimes"]
 
 _TRAIN_STREAM = 1000
+_SELECTOR_STREAM = 2000  # Selective-FD's noise and private split, once per client
 # augmentation draws, one stream per client and use (K <= 10,000 keeps them apart)
 _AUGMENT_TRAIN_STREAM = 20_000
 _AUGMENT_DISTILL_STREAM = 40_000
@@ -76,6 +78,9 @@ class ClientRuntime:
             config.model, private.input_shape, num_classes, seed=config.seed * 100_003 + client_id
         )
         self.cache = ClientCache(config.public_size, num_classes) if config.uses_cache else None
+        # Selective-FD: (|P|,) inliers of the client's density-ratio selector, fitted at the
+        # first task and kept in the state from then on (never refitted); None: not yet
+        self.inliers: BoolArray | None = None
         self.completed_round = -1  # last round whose upload was produced
         self.last_upload: bytes = b""  # its encoded body, republished if the task comes again
         self.last_times = PhaseTimes()
@@ -121,7 +126,8 @@ class ClientRuntime:
         )
         times.train = time.perf_counter() - start
         start = time.perf_counter()
-        probs = predict(self.model, self.public[torch.from_numpy(task.request_indices)])
+        requested = self._uploaded_indices(task.request_indices)
+        probs = predict(self.model, self.public[torch.from_numpy(requested)])
         if cfg.algorithm == "cfd":
             # CFD uploads hard labels: the one-hot argmax, exactly representable by any codec
             probs = torch.nn.functional.one_hot(probs.argmax(dim=1), self.num_classes).float()
@@ -131,11 +137,50 @@ class ClientRuntime:
             run_id=task.run_id,
             round=task.round,
             client_id=self.client_id,
-            indices=task.request_indices,
+            indices=requested,
             soft_labels=probs.numpy(),
             train_loss=loss,
             client_accuracy=self._evaluate(task.round),
         )
+
+    def _uploaded_indices(self, requested: IndexArray) -> IndexArray:
+        """The requested indices this client predicts: all, or Selective-FD's inliers."""
+        if self.config.algorithm != "selective_fd":
+            return requested
+        kept: IndexArray = requested[self.selector_inliers()[requested]]
+        return kept  # a subset of a sorted array stays sorted and unique
+
+    def selector_inliers(self) -> BoolArray:
+        """Selective-FD's (|P|,) inlier mask, fitted on the first call and kept.
+
+        Seeded by (seed, client id) only, so every process that serves this client
+        (pinned, pool, after a restart) fits the same mask.
+        """
+        if self.inliers is None:
+            cfg = self.config
+            self.inliers = fit_inlier_mask(
+                self._selector_rows(self.private.images),
+                self._selector_rows(self.public),
+                kernel_width=cfg.sfd_kernel_width,
+                lambda_exponent=cfg.sfd_lambda_exponent,
+                quantile=cfg.sfd_threshold,
+                rng=np.random.default_rng([cfg.seed, self.client_id, _SELECTOR_STREAM]),
+            )
+        return self.inliers
+
+    def _selector_rows(self, images: Tensor) -> AnyArray:
+        """(N, ch·H·W) float32 rows on the authors' [-1, 1] pixel scale.
+
+        Our images are normalized with the data set's mean/std; the selector's noise is
+        uniform in [-1, 1], the range of the authors' Normalize(0.5, 0.5) images, so the
+        pixels are mapped back to [0, 1] and then to [-1, 1].
+        """
+        mean, std = pixel_normalization(self.config.dataset)
+        shape = (1, len(mean), 1, 1)
+        m = torch.tensor(mean, dtype=torch.float32).view(shape)
+        s = torch.tensor(std, dtype=torch.float32).view(shape)
+        rows: AnyArray = ((images * s + m) * 2.0 - 1.0).flatten(1).numpy()
+        return rows
 
     def restore_targets(self, task: TrainTask) -> LabelArray | None:
         """Apply the task's catch-up and signals to the replica; return (n, C) targets.
@@ -189,6 +234,10 @@ class ClientRuntime:
         if self.cache is not None:
             state["cache.labels"] = self.cache.labels.copy()
             state["cache.written"] = self.cache.written.copy()
+        if self.config.algorithm == "selective_fd":
+            # uint8 (the state's tensor maps hold no bool); empty until the first fit
+            inliers = np.empty(0, dtype=np.uint8) if self.inliers is None else self.inliers
+            state["selector.inliers"] = inliers.astype(np.uint8)
         state["progress.completed_round"] = np.array([self.completed_round], dtype=np.int64)
         state["progress.last_upload"] = np.frombuffer(self.last_upload, dtype=np.uint8).copy()
         return state
@@ -199,5 +248,8 @@ class ClientRuntime:
         if self.cache is not None:
             self.cache.labels = state["cache.labels"].copy()
             self.cache.written = state["cache.written"].copy()
+        if self.config.algorithm == "selective_fd":
+            inliers = state["selector.inliers"]
+            self.inliers = inliers.astype(np.bool_) if inliers.size else None
         self.completed_round = int(state["progress.completed_round"][0])
         self.last_upload = state["progress.last_upload"].tobytes()

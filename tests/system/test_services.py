@@ -10,6 +10,7 @@ import pytest
 
 from scarlet.simulate import EmbeddedFederation
 from services.worker.handler import TaskHandler
+from shared.cache_policy import NEVER
 from shared.config import FederationConfig
 from shared.protocol import routes
 from shared.protocol.messages import TrainTask
@@ -40,9 +41,18 @@ def _embedded(config, data) -> EmbeddedFederation:
 def _assert_same_federation(fed, expected: EmbeddedFederation) -> None:
     labels, written = fed.global_labels()
     cache = expected.aggregator.core.cache
-    assert cache is not None
-    assert np.array_equal(written, cache.written)
-    assert np.allclose(labels, cache.labels, atol=1e-6)
+    if cache is None:
+        # no cache (Selective-FD): nothing is stored; the last downlink rows must agree
+        assert (written == NEVER).all()
+        assert fed.aggregator is not None
+        got_down = fed.aggregator.core.downlink_targets
+        want_down = expected.aggregator.core.downlink_targets
+        assert got_down is not None and want_down is not None
+        assert np.array_equal(got_down.indices, want_down.indices)
+        assert np.allclose(got_down.fresh_labels, want_down.fresh_labels, atol=1e-6)
+    else:
+        assert np.array_equal(written, cache.written)
+        assert np.allclose(labels, cache.labels, atol=1e-6)
     got = fed.aggregator.records
     want = expected.results.rounds
     assert [r.round for r in got] == [r.round for r in want]
@@ -62,18 +72,23 @@ def _assert_same_federation(fed, expected: EmbeddedFederation) -> None:
 
 # the sliding cache's window draw and refresh-in-place commits, over the real services
 SLIDING = {"cache_policy": "sliding", "refresh_share": 0.4, "cache_duration": 2}
-POLICIES = [
+# Selective-FD: every client uploads its own subset of the request (DECISIONS §35)
+SELECTIVE_FD = {"algorithm": "selective_fd"}
+VARIANTS = [
     pytest.param({}, id="fixed"),
     pytest.param(SLIDING, id="sliding"),
+    pytest.param(SELECTIVE_FD, id="selective_fd"),
     # augmentation draws per client, round and sample: every process draws the same
     pytest.param({"augment": True}, id="augmented"),
+    # cache_ratio's seeded draw of what a round caches, the same in every replica
+    pytest.param({"cache_ratio": 0.5}, id="cache_ratio"),
 ]
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-def test_pinned_workers_over_rabbitmq_and_redis_match_the_embedded_run(data, policy):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pinned_workers_over_rabbitmq_and_redis_match_the_embedded_run(data, variant):
     # Given one federation run in-process and the same one as services
-    config = FederationConfig(run_id=new_run_id(), **{**BASE, **policy})
+    config = FederationConfig(run_id=new_run_id(), **{**BASE, **variant})
     expected = _embedded(config, data)
     with federation(config, data) as fed:
         fed.start_cache_service()
@@ -91,9 +106,9 @@ def test_pinned_workers_over_rabbitmq_and_redis_match_the_embedded_run(data, pol
         )
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-def test_a_pool_of_two_workers_serving_three_clients_matches_the_embedded_run(data, policy):
-    config = FederationConfig(run_id=new_run_id(), **{**BASE, **policy})
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_pool_of_two_workers_serving_three_clients_matches_the_embedded_run(data, variant):
+    config = FederationConfig(run_id=new_run_id(), **{**BASE, **variant})
     expected = _embedded(config, data)
     with federation(config, data) as fed:
         fed.settings = fed.settings.model_copy(update={"worker_mode": "pool"})

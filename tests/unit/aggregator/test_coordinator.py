@@ -261,7 +261,7 @@ def test_a_restart_after_the_commit_distils_again_and_records_the_same_round(dat
     s = Setup(data)
     agg = s.coordinator()
 
-    def crash(*_: object) -> float:
+    def crash(*_: object, **__: object) -> float:
         raise RuntimeError("killed")
 
     agg.server.distill = crash  # type: ignore[method-assign]

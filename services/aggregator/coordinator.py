@@ -205,7 +205,7 @@ class RoundCoordinator:
         exchange = routes.rounds_exchange(self.config.run_id)
         headers = {"kind": "train_task", "round": str(self.core.round)}
         for task in tasks:
-            key = routes.client_routing_key(task.client_id)
+            key = routes.task_routing_key(self.settings.worker_mode, task.client_id)
             self.transport.publish(exchange, key, task.body, headers)
             self.observer.task_published(len(task.body))
 

@@ -83,13 +83,13 @@ def declare_topology(transport: Transport, config: FederationConfig, worker_mode
 
 
 def declare_pool_queue(transport: Transport, config: FederationConfig) -> None:
-    """Declare the shared pool queue, bound to every client's routing key."""
+    """Declare the shared pool queue, with its one binding (the pool's routing key)."""
     run = config.run_id
     exchange = routes.rounds_exchange(run)
-    keys = tuple((exchange, routes.client_routing_key(k)) for k in range(config.clients))
+    binding = ((exchange, routes.POOL_KEY),)
     transport.declare(
         [ExchangeSpec(exchange)],
-        [QueueSpec(routes.pool_tasks_queue(run), bindings=keys, expires_s=RUN_QUEUE_EXPIRES_S)],
+        [QueueSpec(routes.pool_tasks_queue(run), bindings=binding, expires_s=RUN_QUEUE_EXPIRES_S)],
     )
 
 

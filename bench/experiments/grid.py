@@ -54,6 +54,9 @@ FEDERATED_METHODS: dict[str, dict[str, object]] = {
     "dsfl": {"algorithm": "dsfl", "uplink_codec": "f32", "downlink_codec": "f32"},
     "dsfl+codec": {"algorithm": "dsfl", "uplink_codec": CODEC, "downlink_codec": CODEC},
     "cfd": {"algorithm": "cfd", "uplink_codec": CODEC, "downlink_codec": CODEC},
+    # COMET (issue 14): K_c = 2 centroids per sample down, weight 1.0, as the authors run it
+    "comet": {"algorithm": "comet", "uplink_codec": "f32", "downlink_codec": "f32"},
+    "comet+codec": {"algorithm": "comet", "uplink_codec": CODEC, "downlink_codec": CODEC},
     "scarlet": {
         "algorithm": "scarlet",
         "cache_policy": "fixed",
@@ -89,6 +92,8 @@ METHODS: tuple[str, ...] = (
     "dsfl",
     "dsfl+codec",
     "cfd",
+    "comet",
+    "comet+codec",
     "scarlet",
     "scarlet+codec",
     "scarlet+adaptive",

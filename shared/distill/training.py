@@ -82,7 +82,14 @@ def train_supervised(
 
 
 def distill(
-    model: nn.Module, images: Tensor, targets: Tensor, *, epochs: int, batch_size: int, lr: float
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight: float = 1.0,
 ) -> float:
     """Distil soft labels into ``model`` with :func:`kd_loss` and plain SGD.
 
@@ -95,9 +102,12 @@ def distill(
         epochs: passes over the data.
         batch_size: examples per step.
         lr: the SGD learning rate.
+        weight: factor on the loss that is minimised (COMET's regularization weight,
+            as the authors' code applies it); 1.0 leaves the computation unchanged.
 
     Returns:
-        The mean KD loss (nats per example) over the last epoch; 0.0 for empty input.
+        The mean KD loss (nats per example, unweighted) over the last epoch; 0.0 for
+        empty input.
 
     Raises:
         ValueError: on mismatched lengths, targets that are not 2-D, epochs < 0 or
@@ -117,7 +127,7 @@ def distill(
         for start in range(0, len(images), batch_size):
             stop = start + batch_size
             loss = kd_loss(model(images[start:stop].to(device)), targets[start:stop].to(device))
-            _sgd_step(optimizer, loss)
+            _sgd_step(optimizer, loss if weight == 1.0 else loss * weight)
             total += loss.item() * len(images[start:stop])
         mean_loss = total / len(images)
     return mean_loss

@@ -30,7 +30,13 @@ from shared.cache_policy import (
     window_reuse,
 )
 from shared.config import FederationConfig
-from shared.distill import mean_by_index, sample_clients, sample_public_indices, sharpen
+from shared.distill import (
+    kmeans_centroids,
+    mean_by_index,
+    sample_clients,
+    sample_public_indices,
+    sharpen,
+)
 from shared.distill.sampling import round_generator, sliding_window_positions
 from shared.errors import RoundStateConflict
 from shared.protocol.messages import CatchUp, DistillTargets, SoftLabelUpload, TrainTask
@@ -51,6 +57,7 @@ __all__ = [
 _CLIENT_STREAM = 1
 _PUBLIC_STREAM = 2
 _WINDOW_STREAM = 3  # the sliding policy's run-wide permutation of the public set
+_CLUSTER_STREAM = 4  # COMET's k-means++ seeding
 
 
 def sampled_clients(config: FederationConfig, round_no: int) -> tuple[int, ...]:
@@ -146,7 +153,7 @@ class RoundResult:
 
 
 class AggregatorCore:
-    """Aggregator logic for DS-FL and SCARLET.
+    """Aggregator logic for DS-FL, SCARLET, CFD and COMET.
 
     Args:
         config: the federation configuration.
@@ -181,6 +188,8 @@ class AggregatorCore:
         self.plan: RequestPlan | None = None
         self.uploads: dict[int, SoftLabelUpload] = {}
         self.downlink_targets: DistillTargets | None = None
+        # COMET: the plain means the server distils on (the downlink carries centroids)
+        self.server_targets: LabelArray | None = None
         self.last_commit: CacheCommit | None = None
         self.downlink_digest = ""
 
@@ -334,7 +343,14 @@ class AggregatorCore:
             raise RoundStateConflict(f"close: round={self.round} has no accepted upload")
         t, cfg, plan = self.round, self.config, self.plan
         fresh = self._aggregate(plan)
-        if self.cache is not None:
+        if cfg.algorithm == "comet":
+            # the server distils on the plain mean; the clients get K_c centroids per index
+            self.server_targets = fresh
+            self.downlink_targets = DistillTargets(
+                t, plan.requested, None, self._centroids(plan), cfg.comet_clusters
+            )
+            indices, targets = plan.requested, fresh
+        elif self.cache is not None:
             commit = self.cache.commit(plan, fresh, t, cfg.cache_duration, max_age=self._max_age())
             self.last_commit = commit
             self.downlink_targets = DistillTargets(
@@ -357,6 +373,21 @@ class AggregatorCore:
         )
         self.round, self.phase, self.uploads = t + 1, RoundPhase.IDLE, {}
         return result
+
+    def server_distill_set(self) -> tuple[IndexArray, LabelArray]:
+        """The last closed round's (indices, targets) the server model distils on.
+
+        Raises:
+            RoundStateConflict: before any round closed.
+        """
+        if self.last_commit is not None:
+            return self.last_commit.indices, self.last_commit.targets
+        previous = self.downlink_targets
+        if previous is None:
+            raise RoundStateConflict("distill: no round has closed yet")
+        if self.server_targets is not None:
+            return previous.indices, self.server_targets
+        return previous.indices, previous.fresh_labels
 
     def replace_downlink_labels(self, labels: LabelArray) -> None:
         """CFD: send the server model's predictions (n, C) instead of the aggregate.
@@ -392,5 +423,20 @@ class AggregatorCore:
             method=self.config.sharpening,
             temperature=self.config.temperature,
             beta=self.config.beta,
-        )
-        return self._roundtrip(sharpened.numpy())
+        ).numpy()
+        if self.config.algorithm == "comet":
+            return sharpened  # the server's own targets: they never travel
+        return self._roundtrip(sharpened)
+
+    def _centroids(self, plan: RequestPlan) -> LabelArray:
+        """COMET: (q * K_c, C) k-means centroids of each requested sample's uploads.
+
+        Every accepted upload covers exactly ``plan.requested`` (no cache), so the uploads
+        stack into (q, K, C), in client order; the rows are what clients will decode.
+        """
+        cfg = self.config
+        ordered = [self.uploads[k].soft_labels for k in sorted(self.uploads)]
+        points = np.stack(ordered, axis=1)
+        generator = np.random.default_rng((cfg.seed, self.round, _CLUSTER_STREAM))
+        centroids = kmeans_centroids(points, cfg.comet_clusters, generator)
+        return self._roundtrip(centroids.reshape(-1, self.num_classes))

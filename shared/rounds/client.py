@@ -20,6 +20,7 @@ from shared.arrays import AnyArray, LabelArray
 from shared.cache_policy import CatchUpDiff, ClientCache, targets_digest
 from shared.config import FederationConfig
 from shared.data import ImageDataset
+from shared.distill.clusters import nearest_centroids
 from shared.distill.sampling import round_generator
 from shared.distill.training import distill, evaluate, predict, train_supervised
 from shared.errors import CacheDesync
@@ -94,13 +95,19 @@ class ClientRuntime:
         cfg, times = self.config, PhaseTimes()
         if task.targets is not None and targets is not None:
             start = time.perf_counter()
+            images = self.public[torch.from_numpy(task.targets.indices)]
+            weight = 1.0
+            if cfg.algorithm == "comet":
+                targets = self._nearest_centroids(images, targets, task.targets.clusters)
+                weight = cfg.comet_weight
             distill(
                 self.model,
-                self.public[torch.from_numpy(task.targets.indices)],
+                images,
                 torch.from_numpy(targets),
                 epochs=cfg.distill_epochs,
                 batch_size=cfg.distill_batch_size,
                 lr=cfg.distill_lr,
+                weight=weight,
             )
             times.distill = time.perf_counter() - start
         start = time.perf_counter()
@@ -131,10 +138,18 @@ class ClientRuntime:
             client_accuracy=self._evaluate(task.round),
         )
 
+    def _nearest_centroids(
+        self, images: Tensor, centroids: LabelArray, clusters: int
+    ) -> LabelArray:
+        """COMET: per sample, the centroid nearest to what this model predicts now."""
+        own = predict(self.model, images).numpy()
+        return nearest_centroids(own, centroids.reshape(len(own), clusters, self.num_classes))
+
     def restore_targets(self, task: TrainTask) -> LabelArray | None:
         """Apply the task's catch-up and signals to the replica; return (n, C) targets.
 
-        Returns None in round 0 (nothing to distil on yet).
+        Returns None in round 0 (nothing to distil on yet). Under COMET these are the
+        (n * K_c, C) centroid rows; :meth:`learn` picks one per sample.
 
         Raises:
             CacheDesync: a CACHED entry missing from the replica, or restored targets whose

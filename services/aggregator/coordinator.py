@@ -161,7 +161,8 @@ class RoundCoordinator:
         tasks = self.core.open_round(server_view=self._server_view)
         progress = RoundProgress(stage=Stage.COLLECTING, started=time.time())
         dsfl_previous = 0 if self.core.round == 0 else self.config.public_per_round
-        full = self.config.sample_ratio == 1  # COMET's centroid cost, as the authors count it
+        # every client sampled (the authors: sample_ratio == 1): COMET's centroids / K_c
+        full = len(tasks) == self.config.clients
         for task in tasks:
             body = encode_task(task, self.config.downlink_spec, public_size=self.config.public_size)
             progress.ledger.add_task(

@@ -46,6 +46,10 @@ def _rejected(**fields: object) -> str:
         ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
         ({"algorithm": "dsfl", "cache_policy": "adaptive"}, "has none"),
         ({"algorithm": "cfd", "max_cache_duration": 10}, "has none"),
+        ({"algorithm": "comet", "cache_policy": "sliding"}, "has none"),
+        ({"algorithm": "comet", "comet_clusters": 0}, "comet_clusters"),
+        ({"algorithm": "comet", "comet_clusters": 65}, "comet_clusters"),
+        ({"algorithm": "comet", "comet_weight": 0}, "comet_weight"),
         ({"cache_policy": "fixed", "max_cache_duration": 10}, "adaptive' only"),
     ],
 )

@@ -28,12 +28,21 @@ _F32 = 4
 _I64 = 8
 
 
-def paper_task_bytes(task: TrainTask, num_classes: int) -> int:
-    """Tensor bytes of a downlink task under the paper's accounting."""
+def paper_task_bytes(task: TrainTask, num_classes: int, *, full_participation: bool = False) -> int:
+    """Tensor bytes of a downlink task under the paper's accounting.
+
+    COMET's centroids (K_c rows per index) count as the authors' pipeline counts them:
+    divided by K_c when every client is sampled (``full_participation``: the server could
+    then pick each client's centroid itself, since a client's prediction before
+    distilling is its last upload), all K_c rows otherwise (DECISIONS §34).
+    """
     total = _I64 * task.request_indices.size
     if task.targets is not None:
         t = task.targets
-        total += _F32 * num_classes * t.fresh_labels.shape[0] + _I64 * t.indices.size
+        rows = t.fresh_labels.shape[0]
+        if full_participation:
+            rows //= t.clusters  # exact: a centroid block has indices x clusters rows
+        total += _F32 * num_classes * rows + _I64 * t.indices.size
         if t.signals is not None:
             total += _I64 * t.signals.size
     if task.catch_up is not None:
@@ -90,9 +99,19 @@ class ByteLedger:
     down: Traffic = field(default_factory=Traffic)
 
     def add_task(
-        self, task: TrainTask, wire: int, num_classes: int, dsfl_previous: int, dsfl_requested: int
+        self,
+        task: TrainTask,
+        wire: int,
+        num_classes: int,
+        dsfl_previous: int,
+        dsfl_requested: int,
+        *,
+        full_participation: bool = False,
     ) -> None:
-        """Count one downlink task whose encoded body was ``wire`` bytes."""
+        """Count one downlink task whose encoded body was ``wire`` bytes.
+
+        ``full_participation``: every client is sampled (see :func:`paper_task_bytes`).
+        """
         labels = 0
         if task.targets is not None:
             labels += task.targets.fresh_labels.shape[0]
@@ -100,7 +119,7 @@ class ByteLedger:
             labels += task.catch_up.update_indices.size
         self.down.add(
             wire=wire,
-            paper=paper_task_bytes(task, num_classes),
+            paper=paper_task_bytes(task, num_classes, full_participation=full_participation),
             baseline=dsfl_task_bytes(dsfl_previous, dsfl_requested, num_classes),
             labels=labels,
         )

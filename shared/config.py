@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.data.catalog import DATASET_SHAPES, DATASET_SPLITS, DATASETS
+from shared.protocol.messages import MAX_CLUSTERS
 from shared.protocol.softlabels import CodecSpec
 
 __all__ = ["FederationConfig", "ServiceSettings"]
@@ -30,11 +31,13 @@ class FederationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     run_id: str = Field("run", description="name of this federation (queue and key prefix)")
-    algorithm: Literal["dsfl", "scarlet", "cfd", "selective_fd"] = Field(
+    algorithm: Literal["dsfl", "scarlet", "cfd", "comet", "selective_fd"] = Field(
         "scarlet",
         description="dsfl: ERA, no cache; scarlet: cache + Enhanced ERA; "
-        "cfd: hard-label votes up, server-model soft labels down; selective_fd: clients "
-        "upload only the public samples their density-ratio selector keeps, plain mean",
+        "cfd: hard-label votes up, server-model soft labels down; "
+        "comet: per-sample k-means centroids down, each client distils on its nearest; "
+        "selective_fd: clients upload only the public samples their density-ratio "
+        "selector keeps, plain mean",
     )
     dataset: str = Field(
         "fashion-mnist", description="fashion-mnist, mnist-5k, digits, cifar10, cifar100"
@@ -112,6 +115,15 @@ class FederationConfig(BaseModel):
         gt=0,
         description="Selective-FD: keep an aggregated label only if its L1 distance to its "
         "one-hot argmax is below this (2.0 keeps every label)",
+    )
+    comet_clusters: int = Field(
+        2,
+        ge=1,
+        le=MAX_CLUSTERS,
+        description="COMET: k-means centroids K_c per public sample sent to clients",
+    )
+    comet_weight: float = Field(
+        1.0, gt=0, description="COMET: weight of the distillation loss towards the centroid"
     )
     uplink_codec: str = Field(
         "q8+ans", description="soft-label codec of uploads: f32, f16, q2..q8, +zstd or +ans"
@@ -215,7 +227,7 @@ class FederationConfig(BaseModel):
     @model_validator(mode="after")
     def _check_cache(self) -> FederationConfig:
         if self.algorithm != "scarlet":
-            # DS-FL and CFD keep no cache: a cache setting would be silently ignored
+            # only SCARLET keeps a cache: a cache setting would be silently ignored
             if self.cache_policy != "fixed" or self.max_cache_duration or self.cache_ratio < 1:
                 raise ValueError(
                     f"cache_policy = {self.cache_policy!r}, max_cache_duration = "
@@ -261,9 +273,14 @@ class FederationConfig(BaseModel):
     @property
     def sharpening(self) -> str:
         """The aggregation sharpening the algorithm uses."""
-        return {"scarlet": "enhanced_era", "dsfl": "era", "cfd": "none", "selective_fd": "none"}[
-            self.algorithm
-        ]
+        sharpening = {
+            "scarlet": "enhanced_era",
+            "dsfl": "era",
+            "cfd": "none",
+            "comet": "none",
+            "selective_fd": "none",
+        }
+        return sharpening[self.algorithm]
 
     @property
     def uplink_spec(self) -> CodecSpec:

@@ -61,6 +61,9 @@ FEDERATED_METHODS: dict[str, dict[str, object]] = {
         "uplink_codec": CODEC,
         "downlink_codec": CODEC,
     },
+    # COMET (issue 14): K_c = 2 centroids per sample down, weight 1.0, as the authors run it
+    "comet": {"algorithm": "comet", "uplink_codec": "f32", "downlink_codec": "f32"},
+    "comet+codec": {"algorithm": "comet", "uplink_codec": CODEC, "downlink_codec": CODEC},
     "scarlet": {
         "algorithm": "scarlet",
         "cache_policy": "fixed",
@@ -98,6 +101,8 @@ METHODS: tuple[str, ...] = (
     "cfd",
     "selective_fd",
     "selective_fd+codec",
+    "comet",
+    "comet+codec",
     "scarlet",
     "scarlet+codec",
     "scarlet+adaptive",

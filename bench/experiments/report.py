@@ -291,8 +291,10 @@ full test split; *client* is the mean accuracy of the clients on their own test 
 the last round. Bytes are run totals (mean over seeds), downlink counted once per
 receiving client: *wire* is the size of every encoded message body, *paper* the
 official code's tensor accounting (float32 soft-label entry 4 B, int64 index or signal
-8 B; CFD's hard labels 8 B). *vs DS-FL* is the run's total (up + down) over the DS-FL
-f32 run's total on the same alpha and seed, averaged over seeds.
+8 B; CFD's hard labels 8 B; COMET's K_c centroids per sample divided by K_c when every
+client is sampled, as the authors count them, while the wire carries all K_c). *vs DS-FL*
+is the run's total (up + down) over the DS-FL f32 run's total on the same alpha and seed,
+averaged over seeds.
 `centralized` and `individual` exchange no soft labels: their traffic cells are "n/a"
 (centralized pools the raw private data once, which is not a comparable protocol cost;
 individual sends nothing). For `individual` the server columns hold the mean accuracy of

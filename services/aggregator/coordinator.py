@@ -161,10 +161,17 @@ class RoundCoordinator:
         tasks = self.core.open_round(server_view=self._server_view)
         progress = RoundProgress(stage=Stage.COLLECTING, started=time.time())
         dsfl_previous = 0 if self.core.round == 0 else self.config.public_per_round
+        # every client sampled (the authors: sample_ratio == 1): COMET's centroids / K_c
+        full = len(tasks) == self.config.clients
         for task in tasks:
             body = encode_task(task, self.config.downlink_spec, public_size=self.config.public_size)
             progress.ledger.add_task(
-                task, len(body), self.num_classes, dsfl_previous, self.config.public_per_round
+                task,
+                len(body),
+                self.num_classes,
+                dsfl_previous,
+                self.config.public_per_round,
+                full_participation=full,
             )
             progress.tasks.append(PendingTask(task.client_id, body))
         self.progress = progress
@@ -282,7 +289,7 @@ class RoundCoordinator:
     def _distill_and_record(self) -> RoundRecord:
         closed = self.progress.closed
         assert closed is not None, "distilling without a closed round"
-        indices, targets = self._distill_set()
+        indices, targets = self.core.server_distill_set()
         start = self.clock()
         self.server.distill(indices, targets, round_no=closed.round)
         if self.config.algorithm == "cfd":
@@ -303,13 +310,6 @@ class RoundCoordinator:
 
     def _server_view(self, indices: IndexArray) -> LabelArray:
         return self.server.predict(indices)
-
-    def _distill_set(self) -> tuple[IndexArray, LabelArray]:
-        if self.core.last_commit is not None:
-            return self.core.last_commit.indices, self.core.last_commit.targets
-        previous = self.core.downlink_targets
-        assert previous is not None, "a closed round always leaves downlink targets"
-        return previous.indices, previous.fresh_labels
 
     def _record(self, closed: ClosedRound, accuracy: float, top5: float) -> RoundRecord:
         p = self.progress

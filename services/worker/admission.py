@@ -8,7 +8,8 @@ have sent for this client:
   done, it would make every later real task look like a redelivery);
 - a client that the round's deterministic draw (seed, round) did not sample;
 - request indices that are not a subset of the round's drawn public indices;
-- distillation targets that are not round t-1's (none in round 0, some after);
+- distillation targets that are not round t-1's (none in round 0, some after), or
+  whose rows per index are not the algorithm's (COMET: ``comet_clusters``; else 1);
 - a cache version above the round (the version grows by one per committed round).
 
 Rounds ahead of ``completed_round + 1`` are *not* misfits: with partial participation or
@@ -72,6 +73,12 @@ def judge_task(task: TrainTask, config: FederationConfig, completed_round: int) 
     targets_round = None if task.targets is None else task.targets.round
     if targets_round != (t - 1 if t > 0 else None):
         return _misfit(f"round {t} carries targets of round {targets_round}")
+    clusters = config.comet_clusters if config.algorithm == "comet" else 1
+    if task.targets is not None and task.targets.clusters != clusters:
+        return _misfit(
+            f"round {t} carries {task.targets.clusters} label rows per index, "
+            f"{config.algorithm} sends {clusters}"
+        )
     if t <= completed_round:
         return Verdict(Fit.REDELIVERY)
     if task.client_id not in sampled_clients(config, t):

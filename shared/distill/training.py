@@ -106,6 +106,7 @@ def distill(
     batch_size: int,
     lr: float,
     augment: Augmentation | None = None,
+    weight: float = 1.0,
 ) -> float:
     """Distil soft labels into ``model`` with :func:`kd_loss` and plain SGD.
 
@@ -119,9 +120,12 @@ def distill(
         batch_size: examples per step.
         lr: the SGD learning rate.
         augment: as :func:`train_supervised` (each image keeps its target).
+        weight: factor on the loss that is minimised (COMET's regularization weight,
+            as the authors' code applies it); 1.0 leaves the computation unchanged.
 
     Returns:
-        The mean KD loss (nats per example) over the last epoch; 0.0 for empty input.
+        The mean KD loss (nats per example, unweighted) over the last epoch; 0.0 for
+        empty input.
 
     Raises:
         ValueError: on mismatched lengths, targets that are not 2-D, epochs < 0 or
@@ -145,7 +149,7 @@ def distill(
             if augment is not None and draw is not None:
                 inputs = augment.apply(inputs, draw, slice(start, stop))
             loss = kd_loss(model(inputs.to(device)), targets[start:stop].to(device))
-            _sgd_step(optimizer, loss)
+            _sgd_step(optimizer, loss if weight == 1.0 else loss * weight)
             total += loss.item() * len(images[start:stop])
         mean_loss = total / len(images)
     return mean_loss

@@ -29,7 +29,13 @@ from shared.protocol.indexsets import (
     encode_index_list,
     encode_index_set,
 )
-from shared.protocol.messages import CatchUp, DistillTargets, SoftLabelUpload, TrainTask
+from shared.protocol.messages import (
+    MAX_CLUSTERS,
+    CatchUp,
+    DistillTargets,
+    SoftLabelUpload,
+    TrainTask,
+)
 from shared.protocol.softlabels import CodecSpec, decode_soft_labels, encode_soft_labels
 from shared.protocol.tensors import decode_tensor, encode_tensor
 from shared.protocol.wire import (
@@ -189,13 +195,15 @@ def _index_list(obj: object, field: str, limits: DecodeLimits) -> IndexArray:
         raise DecodeError(f"{field}: {e}") from None
 
 
-def _labels(obj: object, field: str, rows: int, limits: DecodeLimits) -> LabelArray:
+def _labels(
+    obj: object, field: str, rows: int, limits: DecodeLimits, *, max_rows: int | None = None
+) -> LabelArray:
+    # max_rows: the decoding bound, |P| unless the caller expects more rows (centroids)
     if not isinstance(obj, Mapping):
         raise DecodeError(f"{field}: expected a soft-label map")
+    bound = limits.public_size if max_rows is None else max(max_rows, limits.public_size)
     try:
-        labels = decode_soft_labels(
-            obj, max_rows=limits.public_size, num_classes=limits.num_classes
-        )
+        labels = decode_soft_labels(obj, max_rows=bound, num_classes=limits.num_classes)
     except DecodeError as e:
         raise DecodeError(f"{field}: {e}") from None
     if labels.shape[0] != rows:
@@ -217,6 +225,9 @@ def _encode_targets(
 ) -> dict[str, object]:
     labels = encode_soft_labels(targets.fresh_labels, spec)
     head: dict[str, object] = {"round": targets.round, "labels": labels}
+    if targets.clusters != 1:
+        # COMET's centroids: the key is absent otherwise, so other bodies are unchanged
+        head["clusters"] = targets.clusters
     if targets.signals is None:
         return head | {
             "layout": "plain",
@@ -279,8 +290,21 @@ def _decode_targets(obj: object, limits: DecodeLimits) -> DistillTargets:
         fresh = int((signals != int(_CACHED)).sum())
     else:
         raise DecodeError(f"targets.layout: expected plain, split or list, got {layout!r}")
-    labels = _labels(obj.get("labels"), "targets.labels", fresh, limits)
-    return DistillTargets(round_no, indices, signals, labels)
+    clusters = _clusters(obj.get("clusters", 1), signals is not None)
+    rows = fresh * clusters
+    labels = _labels(obj.get("labels"), "targets.labels", rows, limits, max_rows=rows)
+    return DistillTargets(round_no, indices, signals, labels, clusters)
+
+
+def _clusters(value: object, signalled: bool) -> int:
+    """COMET's centroids per index (absent: 1, one label row per index)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CLUSTERS:
+        raise DecodeError(
+            f"targets.clusters: expected an integer in [1, {MAX_CLUSTERS}], got {value!r}"
+        )
+    if value > 1 and signalled:
+        raise DecodeError("targets.clusters: centroids travel without cache signals (plain)")
+    return value
 
 
 def _codes(obj: object, field: str, bits: int, count: int) -> IndexArray:

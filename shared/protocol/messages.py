@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from shared.arrays import IndexArray, LabelArray
 
 __all__ = [
+    "MAX_CLUSTERS",
     "CatchUp",
     "DistillTargets",
     "SoftLabelUpload",
@@ -20,18 +21,26 @@ __all__ = [
 ]
 
 
+MAX_CLUSTERS = 64
+"""The most COMET centroids per public sample a task may carry (a decoding bound)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DistillTargets:
     """Round t-1's global soft labels as sent to a client in round t.
 
     Under SCARLET only the non-CACHED rows travel; the client restores the rest from its
-    replica. Under DS-FL ``signals`` is None and every row travels.
+    replica. Under DS-FL ``signals`` is None and every row travels. Under COMET each index
+    has ``clusters`` rows, its k-means centroids, one after the other (no signals).
     """
 
     round: int  # t-1: the round the labels were aggregated in
     indices: IndexArray  # (n,) int64: requested indices (ascending), then reused (ascending)
     signals: IndexArray | None  # (n,) int64 CacheSignal codes, or None without a cache
-    fresh_labels: LabelArray  # (n_fresh, C) float32: rows of the non-CACHED entries, in order
+    # (n_fresh * clusters, C) float32: rows of the non-CACHED entries, in order; under
+    # COMET index i's centroids are rows i*clusters .. (i+1)*clusters - 1
+    fresh_labels: LabelArray
+    clusters: int = 1  # rows per index: 1, or COMET's K_c (then signals is None)
 
 
 @dataclass(frozen=True, slots=True)

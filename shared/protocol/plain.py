@@ -16,8 +16,10 @@ travels with the bytes), :class:`enum.Enum` subclasses, nested dataclasses,
 ``X | None``, ``Any`` (passed through as decoded), ``list[X]``, ``tuple[X, ...]``,
 fixed ``tuple[X, Y]`` and ``dict[K, V]`` with ``str`` or ``int`` keys. Int keys travel
 as decimal strings: msgpack maps decoded with ``strict_map_key`` accept only string
-keys. Decoding checks every value against its annotation; a mismatch raises
-:class:`~shared.errors.DecodeError` naming the path (``progress.ledger.up.wire``).
+keys. A field with a default may be missing from the data (state written before the
+field existed) and then takes its default. Decoding checks every value against its
+annotation; a mismatch raises :class:`~shared.errors.DecodeError` naming the path
+(``progress.ledger.up.wire``).
 Nothing here executes code on load.
 """
 
@@ -116,11 +118,17 @@ def _decode_optional(hint: Any, data: object, path: str) -> object:
 
 def _decode_dataclass(cls: type, data: object, path: str) -> object:
     fields = {f.name for f in dataclasses.fields(cls)}
-    if not isinstance(data, Mapping) or set(data) != fields:
+    # a field with a default may be absent: state written before the field was added
+    required = {f.name for f in dataclasses.fields(cls) if _no_default(f)}
+    if not isinstance(data, Mapping) or not required <= set(data) <= fields:
         got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
         raise DecodeError(f"{path}: expected the fields {sorted(fields)}, got {got}")
     hints = _hints(cls)
-    return cls(**{name: _decode(hints[name], data[name], f"{path}.{name}") for name in fields})
+    return cls(**{name: _decode(hints[name], data[name], f"{path}.{name}") for name in data})
+
+
+def _no_default(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _decode_tuple(args: tuple[Any, ...], data: object, path: str) -> tuple[object, ...]:

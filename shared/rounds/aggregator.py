@@ -30,7 +30,13 @@ from shared.cache_policy import (
     window_reuse,
 )
 from shared.config import FederationConfig
-from shared.distill import mean_by_index, sample_clients, sample_public_indices, sharpen
+from shared.distill import (
+    kmeans_centroids,
+    mean_by_index,
+    sample_clients,
+    sample_public_indices,
+    sharpen,
+)
 from shared.distill.sampling import round_generator, sliding_window_positions
 from shared.distill.selective import confident_rows
 from shared.errors import RoundStateConflict
@@ -53,6 +59,7 @@ _CLIENT_STREAM = 1
 _PUBLIC_STREAM = 2
 _WINDOW_STREAM = 3  # the sliding policy's run-wide permutation of the public set
 _RATIO_STREAM = 4  # cache_ratio's draw of the entries a round caches
+_CLUSTER_STREAM = 4  # COMET's k-means++ seeding (numpy's generator, not round_generator)
 
 
 def sampled_clients(config: FederationConfig, round_no: int) -> tuple[int, ...]:
@@ -148,7 +155,7 @@ class RoundResult:
 
 
 class AggregatorCore:
-    """Aggregator logic for DS-FL and SCARLET.
+    """Aggregator logic for DS-FL, SCARLET, CFD and COMET.
 
     Args:
         config: the federation configuration.
@@ -183,6 +190,8 @@ class AggregatorCore:
         self.plan: RequestPlan | None = None
         self.uploads: dict[int, SoftLabelUpload] = {}
         self.downlink_targets: DistillTargets | None = None
+        # COMET: the plain means the server distils on (the downlink carries centroids)
+        self.server_targets: LabelArray | None = None
         self.last_commit: CacheCommit | None = None
         self.downlink_digest = ""
 
@@ -348,7 +357,14 @@ class AggregatorCore:
             raise RoundStateConflict(f"close: round={self.round} has no accepted upload")
         t, cfg, plan = self.round, self.config, self.plan
         received, fresh = self._aggregate(plan)
-        if self.cache is not None:
+        if cfg.algorithm == "comet":
+            # the server distils on the plain mean; the clients get K_c centroids per index
+            self.server_targets = fresh
+            self.downlink_targets = DistillTargets(
+                t, plan.requested, None, self._centroids(plan), cfg.comet_clusters
+            )
+            indices, targets = plan.requested, fresh
+        elif self.cache is not None:
             commit = self.cache.commit(
                 plan, fresh, t, cfg.cache_duration, max_age=self._max_age(), keep=self._keep(plan)
             )
@@ -391,6 +407,21 @@ class AggregatorCore:
         keep = np.zeros(plan.requested.size, dtype=bool)
         keep[absent[chosen.numpy()]] = True
         return keep
+
+    def server_distill_set(self) -> tuple[IndexArray, LabelArray]:
+        """The last closed round's (indices, targets) the server model distils on.
+
+        Raises:
+            RoundStateConflict: before any round closed.
+        """
+        if self.last_commit is not None:
+            return self.last_commit.indices, self.last_commit.targets
+        previous = self.downlink_targets
+        if previous is None:
+            raise RoundStateConflict("distill: no round has closed yet")
+        if self.server_targets is not None:
+            return previous.indices, self.server_targets
+        return previous.indices, previous.fresh_labels
 
     def replace_downlink_labels(self, labels: LabelArray) -> None:
         """CFD: send the server model's predictions (n, C) instead of the aggregate.
@@ -447,5 +478,20 @@ class AggregatorCore:
             method=self.config.sharpening,
             temperature=self.config.temperature,
             beta=self.config.beta,
-        )
-        return received.numpy(), self._roundtrip(sharpened.numpy())
+        ).numpy()
+        if self.config.algorithm == "comet":
+            return received.numpy(), sharpened  # the server's own targets: they never travel
+        return received.numpy(), self._roundtrip(sharpened)
+
+    def _centroids(self, plan: RequestPlan) -> LabelArray:
+        """COMET: (q * K_c, C) k-means centroids of each requested sample's uploads.
+
+        Every accepted upload covers exactly ``plan.requested`` (no cache), so the uploads
+        stack into (q, K, C), in client order; the rows are what clients will decode.
+        """
+        cfg = self.config
+        ordered = [self.uploads[k].soft_labels for k in sorted(self.uploads)]
+        points = np.stack(ordered, axis=1)
+        generator = np.random.default_rng((cfg.seed, self.round, _CLUSTER_STREAM))
+        centroids = kmeans_centroids(points, cfg.comet_clusters, generator)
+        return self._roundtrip(centroids.reshape(-1, self.num_classes))

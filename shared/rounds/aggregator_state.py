@@ -43,6 +43,8 @@ class _CoreState:
     cache_version: int
     mirrors: bytes | None  # SparseClientMirrors.to_bytes(): the entries clients hold
     extra: dict[str, Any]
+    # COMET's plain means of the last closed round (absent from blobs written before it)
+    server_targets: LabelArray | None = None
 
 
 def dump_aggregator(core: AggregatorCore, extra: Mapping[str, object] | None = None) -> bytes:
@@ -65,6 +67,7 @@ def dump_aggregator(core: AggregatorCore, extra: Mapping[str, object] | None = N
         cache_version=core.cache_version,
         mirrors=mirrors,
         extra=dict(extra or {}),
+        server_targets=core.server_targets,
     )
     packed = msgpack.packb(to_plain(state), use_bin_type=True)
     assert isinstance(packed, bytes)
@@ -112,6 +115,7 @@ def restore_aggregator(
     core.downlink_targets = state.previous
     core.last_commit = state.commit
     core.downlink_digest = state.targets_digest
+    core.server_targets = state.server_targets
     if core.mirrors is not None and state.mirrors is not None:
         mirrors = core.mirrors
         core.mirrors = SparseClientMirrors.from_bytes(

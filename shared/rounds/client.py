@@ -21,6 +21,7 @@ from shared.cache_policy import CatchUpDiff, ClientCache, targets_digest
 from shared.config import FederationConfig
 from shared.data import ImageDataset, pixel_normalization
 from shared.distill.augment import Augmentation
+from shared.distill.clusters import nearest_centroids
 from shared.distill.sampling import round_generator
 from shared.distill.selective import fit_inlier_mask
 from shared.distill.training import distill, evaluate, predict, train_supervised
@@ -103,14 +104,20 @@ class ClientRuntime:
         cfg, times = self.config, PhaseTimes()
         if task.targets is not None and targets is not None:
             start = time.perf_counter()
+            images = self.public[torch.from_numpy(task.targets.indices)]
+            weight = 1.0
+            if cfg.algorithm == "comet":
+                targets = self._nearest_centroids(images, targets, task.targets.clusters)
+                weight = cfg.comet_weight
             distill(
                 self.model,
-                self.public[torch.from_numpy(task.targets.indices)],
+                images,
                 torch.from_numpy(targets),
                 epochs=cfg.distill_epochs,
                 batch_size=cfg.distill_batch_size,
                 lr=cfg.distill_lr,
                 augment=self._augmentation(task.round, _AUGMENT_DISTILL_STREAM),
+                weight=weight,
             )
             times.distill = time.perf_counter() - start
         start = time.perf_counter()
@@ -159,8 +166,8 @@ class ClientRuntime:
         if self.inliers is None:
             cfg = self.config
             self.inliers = fit_inlier_mask(
-                self._selector_rows(self.private.images),
-                self._selector_rows(self.public),
+                self._selector_rows(self.private.images, cfg.dataset),
+                self._selector_rows(self.public, cfg.public_source),
                 kernel_width=cfg.sfd_kernel_width,
                 lambda_exponent=cfg.sfd_lambda_exponent,
                 quantile=cfg.sfd_threshold,
@@ -168,24 +175,33 @@ class ClientRuntime:
             )
         return self.inliers
 
-    def _selector_rows(self, images: Tensor) -> AnyArray:
+    def _selector_rows(self, images: Tensor, dataset: str) -> AnyArray:
         """(N, ch·H·W) float32 rows on the authors' [-1, 1] pixel scale.
 
         Our images are normalized with the data set's mean/std; the selector's noise is
         uniform in [-1, 1], the range of the authors' Normalize(0.5, 0.5) images, so the
-        pixels are mapped back to [0, 1] and then to [-1, 1].
+        pixels are mapped back to [0, 1] and then to [-1, 1], with the statistics of the
+        data set they come from (the public set may be another one).
         """
-        mean, std = pixel_normalization(self.config.dataset)
+        mean, std = pixel_normalization(dataset)
         shape = (1, len(mean), 1, 1)
         m = torch.tensor(mean, dtype=torch.float32).view(shape)
         s = torch.tensor(std, dtype=torch.float32).view(shape)
         rows: AnyArray = ((images * s + m) * 2.0 - 1.0).flatten(1).numpy()
         return rows
 
+    def _nearest_centroids(
+        self, images: Tensor, centroids: LabelArray, clusters: int
+    ) -> LabelArray:
+        """COMET: per sample, the centroid nearest to what this model predicts now."""
+        own = predict(self.model, images).numpy()
+        return nearest_centroids(own, centroids.reshape(len(own), clusters, self.num_classes))
+
     def restore_targets(self, task: TrainTask) -> LabelArray | None:
         """Apply the task's catch-up and signals to the replica; return (n, C) targets.
 
-        Returns None in round 0 (nothing to distil on yet).
+        Returns None in round 0 (nothing to distil on yet). Under COMET these are the
+        (n * K_c, C) centroid rows; :meth:`learn` picks one per sample.
 
         Raises:
             CacheDesync: a CACHED entry missing from the replica, or restored targets whose

@@ -21,6 +21,7 @@ GRID_ARGS = [
     "--methods",
     "dsfl",
     "scarlet",
+    "comet+codec",
     "--alphas",
     "0.5",
     "--seeds",
@@ -60,7 +61,11 @@ def grid_out(tmp_path_factory):
 @pytest.mark.system
 def test_reduced_grid_writes_one_results_file_per_run(grid_out):
     files = sorted(p.name for p in (grid_out / "runs").glob("*.json"))
-    assert files == ["dsfl__alpha-0.5__seed-0.json", "scarlet__alpha-0.5__seed-0.json"]
+    assert files == [
+        "comet-codec__alpha-0.5__seed-0.json",
+        "dsfl__alpha-0.5__seed-0.json",
+        "scarlet__alpha-0.5__seed-0.json",
+    ]
 
 
 @pytest.mark.system
@@ -68,7 +73,7 @@ def test_report_table_has_every_column_filled_for_every_row(grid_out):
     rows = table_rows((grid_out / "results.md").read_text(), "## Dirichlet α = 0.5")
     header, body = rows[0], rows[1:]
     assert len(header) == len(COLUMNS)
-    assert [r[0] for r in body] == ["dsfl", "scarlet"]
+    assert [r[0] for r in body] == ["dsfl", "comet+codec", "scarlet"]
     for row in body:
         assert len(row) == len(COLUMNS), row
         # federated methods measure everything: no empty, missing or n/a cell
@@ -92,7 +97,7 @@ def test_report_plot_exists_with_a_sane_size(grid_out):
 def test_grid_resumes_without_rerunning_finished_runs(grid_out, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in (grid_out / "runs").glob("*.json")}
     assert main([*GRID_ARGS, "--out", str(grid_out), "--no-estimate"]) == 0
-    assert "2 already done, 0 to run" in capsys.readouterr().out
+    assert "3 already done, 0 to run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 

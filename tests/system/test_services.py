@@ -41,18 +41,23 @@ def _embedded(config, data) -> EmbeddedFederation:
 def _assert_same_federation(fed, expected: EmbeddedFederation) -> None:
     labels, written = fed.global_labels()
     cache = expected.aggregator.core.cache
-    if cache is None:
-        # no cache (Selective-FD): nothing is stored; the last downlink rows must agree
-        assert (written == NEVER).all()
-        assert fed.aggregator is not None
-        got_down = fed.aggregator.core.downlink_targets
-        want_down = expected.aggregator.core.downlink_targets
-        assert got_down is not None and want_down is not None
-        assert np.array_equal(got_down.indices, want_down.indices)
-        assert np.allclose(got_down.fresh_labels, want_down.fresh_labels, atol=1e-6)
-    else:
+    if cache is not None:
         assert np.array_equal(written, cache.written)
         assert np.allclose(labels, cache.labels, atol=1e-6)
+    else:
+        # no cache (COMET, Selective-FD): nothing is stored; the last downlink (rows or
+        # centroids) and the server's distillation targets must agree
+        assert (written == NEVER).all()
+        assert fed.aggregator is not None
+        sent, want = fed.aggregator.core.downlink_targets, expected.aggregator.core.downlink_targets
+        assert sent is not None and want is not None
+        assert sent.clusters == want.clusters
+        assert np.array_equal(sent.indices, want.indices)
+        assert np.allclose(sent.fresh_labels, want.fresh_labels, atol=1e-6)
+        got_set = fed.aggregator.core.server_distill_set()
+        want_set = expected.aggregator.core.server_distill_set()
+        assert np.array_equal(got_set[0], want_set[0])
+        assert np.allclose(got_set[1], want_set[1], atol=1e-6)
     got = fed.aggregator.records
     want = expected.results.rounds
     assert [r.round for r in got] == [r.round for r in want]
@@ -70,7 +75,8 @@ def _assert_same_federation(fed, expected: EmbeddedFederation) -> None:
             assert getattr(g, key) == getattr(w, key), (g.round, key)
 
 
-# the sliding cache's window draw and refresh-in-place commits, over the real services
+# the sliding cache's window draw and refresh-in-place commits, over the real services;
+# COMET's centroid downlink (k-means on the aggregator, nearest centroid on the workers)
 SLIDING = {"cache_policy": "sliding", "refresh_share": 0.4, "cache_duration": 2}
 # Selective-FD: every client uploads its own subset of the request (DECISIONS §35)
 SELECTIVE_FD = {"algorithm": "selective_fd"}
@@ -82,6 +88,7 @@ VARIANTS = [
     pytest.param({"augment": True}, id="augmented"),
     # cache_ratio's seeded draw of what a round caches, the same in every replica
     pytest.param({"cache_ratio": 0.5}, id="cache_ratio"),
+    pytest.param({"algorithm": "comet"}, id="comet"),
 ]
 
 

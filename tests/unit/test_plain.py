@@ -141,6 +141,14 @@ def test_missing_or_unknown_fields_are_refused():
         from_plain(Outer, {**data, "extra": 1})
 
 
+def test_a_field_with_a_default_may_be_absent_and_takes_its_default():
+    # state written before the field was added still loads
+    data = to_plain(_outer())
+    assert isinstance(data, dict)
+    got = from_plain(Outer, {k: v for k, v in data.items() if k != "items"})
+    assert got.items == [] and got.count == 3 and got.by_name == {"accepted": 3}
+
+
 def test_unsupported_values_are_a_programming_error():
     with pytest.raises(TypeError):
         to_plain(object())

@@ -155,7 +155,7 @@ class RoundResult:
 
 
 class AggregatorCore:
-    """Aggregator logic for DS-FL, SCARLET, CFD and COMET.
+    """Aggregator logic for DS-FL, SCARLET, CFD, COMET and Selective-FD.
 
     Args:
         config: the federation configuration.
@@ -325,9 +325,8 @@ class AggregatorCore:
 
         Selective-FD clients leave out the public samples their selector calls outliers.
         """
-        requested = self.plan.requested if self.plan is not None else None
-        if requested is None:
-            return False
+        assert self.plan is not None  # classify runs on an open round only
+        requested = self.plan.requested
         if self.config.algorithm != "selective_fd":
             return bool(np.array_equal(indices, requested))
         if indices.ndim != 1 or not bool(np.all(indices[1:] > indices[:-1])):

@@ -79,7 +79,7 @@ class FederationConfig(BaseModel):
         "is requested",
     )
     refresh_share: float = Field(
-        0.4,
+        0.5,
         gt=0,
         le=1,
         description="sliding cache: share of each round's public draw that is new",

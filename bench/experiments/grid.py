@@ -82,9 +82,12 @@ FEDERATED_METHODS: dict[str, dict[str, object]] = {
         "uplink_codec": CODEC,
         "downlink_codec": CODEC,
     },
+    # ours (DECISIONS §38): half of each window new, and Enhanced ERA at beta = 4
     "scarlet+sliding": {
         "algorithm": "scarlet",
         "cache_policy": "sliding",
+        "refresh_share": 0.5,
+        "beta": 4.0,
         "uplink_codec": CODEC,
         "downlink_codec": CODEC,
     },

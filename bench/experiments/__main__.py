@@ -92,7 +92,8 @@ def _sizes(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="any other FederationConfig key, e.g. --set cache_duration=20 clients=20",
+        help="any other FederationConfig key, for every run; it wins over a method's own keys, "
+        "e.g. --set cache_duration=20 clients=20",
     )
 
 
@@ -102,7 +103,6 @@ def _sizes_from(args: argparse.Namespace) -> dict[str, object]:
         value = getattr(args, key)
         if value is not None:
             sizes[key] = value
-    sizes.update(parse_sets(args.sets))
     return sizes
 
 
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_acceptance(verdicts))
         return 0 if verdicts and all(v.met for v in verdicts) else 1
     try:
-        sizes = _sizes_from(args)
+        sizes, overrides = _sizes_from(args), parse_sets(args.sets)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeds=tuple(args.seeds),
             sizes=sizes,
             out=Path(args.out),
+            overrides=overrides,
         )
         run_grid(
             grid,
@@ -146,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         rounds = int(sizes["rounds"])  # type: ignore[call-overload]
         spec = SensitivitySpec(
-            sizes=sizes,
+            sizes={**sizes, **overrides},
             alpha=parse_alphas([args.alpha])[0],
             seed=args.seed,
             betas=tuple(args.betas),

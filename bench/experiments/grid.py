@@ -189,6 +189,8 @@ class GridSpec:
         seeds: seeds.
         sizes: FederationConfig keys common to every run (data set, sizes, epochs, ...).
         out: the results folder.
+        overrides: keys set on the command line (``--set``); they win over a method's own
+            keys too, so ``--set beta=2`` really runs β = 2 for every method.
     """
 
     methods: tuple[str, ...]
@@ -196,6 +198,7 @@ class GridSpec:
     seeds: tuple[int, ...]
     sizes: Mapping[str, object] = field(default_factory=lambda: dict(FULL_SIZES))
     out: Path = Path("results/experiments")
+    overrides: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -215,6 +218,7 @@ class GridSpec:
                         {
                             **self.sizes,
                             **keys,
+                            **self.overrides,
                             "alpha": alpha,
                             "seed": seed,
                             "run_id": _run_id(method, alpha, seed),

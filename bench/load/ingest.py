@@ -229,7 +229,7 @@ def decode_rate(workload: Workload) -> float:
     The ceiling of any path that decodes an upload before acking it: the goal row's
     ratio cannot exceed this rate over the raw pika rate.
     """
-    limits = DecodeLimits(workload.config.public_size, workload.classes, SETTINGS.max_message_bytes)
+    limits = _limits(workload)
     started = time.perf_counter()
     for body in workload.bodies:
         decode_upload(body, limits)
@@ -246,7 +246,7 @@ def aggregator_rate(queue: str, workload: Workload) -> float:
         config,
         core,
         store,
-        DecodeLimits(config.public_size, workload.classes, SETTINGS.max_message_bytes),
+        _limits(workload),
         MetricsObserver(Metrics.create(CollectorRegistry())),
         Identities(pool=_user()),
         worker_mode="pool",
@@ -268,6 +268,11 @@ def aggregator_rate(queue: str, workload: Workload) -> float:
         store.delete_all()
         store.close()
     return count / elapsed
+
+
+def _limits(workload: Workload) -> DecodeLimits:
+    """What the aggregator allows an upload of this workload to be."""
+    return DecodeLimits(workload.config.public_size, workload.classes, SETTINGS.max_message_bytes)
 
 
 def _rows(workload: Workload, rates: dict[str, list[float]]) -> list[Row]:

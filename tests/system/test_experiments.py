@@ -190,6 +190,19 @@ def test_cli_helpers_parse_alphas_and_config_overrides():
         GridSpec(methods=("fedavg",), alphas=(0.5,), seeds=(0,))
 
 
+def test_command_line_sets_win_over_a_methods_own_keys():
+    # ours carries refresh_share 0.5 and beta 4; --set must still reach its runs
+    plain = GridSpec(methods=("scarlet+sliding",), alphas=(0.5,), seeds=(0,)).runs()[0]
+    assert (plain.config.refresh_share, plain.config.beta) == (0.5, 4.0)
+    overrides = parse_sets(["refresh_share=0.4", "beta=2", "uplink_codec=q8+zstd"])
+    grid = GridSpec(
+        methods=("scarlet+sliding", "dsfl"), alphas=(0.5,), seeds=(0,), overrides=overrides
+    )
+    ours, dsfl = grid.runs()
+    assert (ours.config.refresh_share, ours.config.beta) == (0.4, 2.0)
+    assert ours.config.uplink_codec == dsfl.config.uplink_codec == "q8+zstd"
+
+
 def test_sensitivity_measures_entropy_and_linearity():
     import numpy as np
     import torch
